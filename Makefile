@@ -1,0 +1,42 @@
+# `make run`: set up .venv if missing and run the chapter's comparison. `make test`: the whole suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED_DATA ?= ../shared/data/FashionMNIST/raw
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: run test data lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch and torchvision first, pinned to the builds the pip cache holds, then the project.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python train.py -m reg.lambd=0,3
+	@echo
+	@echo "Open the curves with:  $(BIN)/tensorboard --logdir outputs/multirun"
+
+# Copy the Fashion-MNIST raw files into data/ (from ../shared or Debian's dataset-fashion-mnist); never downloads.
+data:
+	mkdir -p data/FashionMNIST/raw
+	@if [ -d $(SHARED_DATA) ]; then cp -n $(SHARED_DATA)/*.gz data/FashionMNIST/raw/; \
+	elif [ -d $(DEBIAN_DATA) ]; then cp -n $(DEBIAN_DATA)/*.gz data/FashionMNIST/raw/; \
+	else echo "No Fashion-MNIST copy found in $(SHARED_DATA) or $(DEBIAN_DATA)"; exit 1; fi
+	cd data/FashionMNIST/raw && for f in *.gz; do [ -f "$${f%.gz}" ] || gunzip -k "$$f"; done
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf outputs/runs outputs/multirun

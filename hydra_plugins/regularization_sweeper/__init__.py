@@ -1,0 +1,29 @@
+"""Hydra's basic sweeper, plus this harness's pre-flight check of every job before any trains."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ValidatingSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.regularization_sweeper.ValidatingSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="validating", node=ValidatingSweeperConf, provider="regularization")
+
+
+class ValidatingSweeper(BasicSweeper):
+    """Composes each job's config and runs ``regularization.engine.preflight`` on it before launching:
+
+    a bad value anywhere in the sweep (a negative λ in its third job, say) stops the sweep before any job trains.
+    """
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from regularization.engine import preflight
+
+        assert self.hydra_context is not None and self.config is not None
+        for overrides in batch:
+            preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))

@@ -1,0 +1,199 @@
+"""Config schema: one structured-config dataclass per group, stored in Hydra's ConfigStore.
+
+The YAML files in ``conf/`` extend these schemas, so OmegaConf rejects unknown keys and wrong
+types while the config is composed. ``validate`` adds what a schema cannot express: ranges,
+options that depend on another key, combinations that don't fit, and the device and data
+being there. It runs before any training, once per job of a sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
+import torch
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(CompactHydraException):
+    """A config that cannot run. Hydra prints the message alone, without a traceback."""
+
+
+class Init(Enum):
+    default = "default"  # PyTorch's own nn.Linear init
+    normal = "normal"  # w ~ N(0, init_std²), b = 0
+
+
+class Penalty(Enum):
+    none = "none"
+    l2 = "l2"
+    l1 = "l1"
+
+
+class DropoutKind(Enum):
+    scratch = "scratch"  # the package's own inverted dropout (regularizers.dropout_layer)
+    builtin = "builtin"  # torch.nn.Dropout
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    init: Init = Init.default
+    init_std: float = 0.01
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden1: int = 256
+    hidden2: int = 256
+
+
+@dataclass
+class RegConfig:
+    """A weight penalty. ``name`` is the preset's name: none, l2 or l1."""
+
+    name: str = "none"
+    penalty: Penalty = Penalty.none
+    lambd: float = 0.0
+    # l2: penalty | weight_decay; l1: subgradient | proximal. null: the from-scratch one.
+    impl: Optional[str] = None
+    penalize_bias: bool = False
+
+
+@dataclass
+class DropoutRegConfig(RegConfig):
+    """Dropout after each hidden ReLU, plus an optional weight penalty (``penalty``, ``lambd``)."""
+
+    name: str = "dropout_scratch"
+    dropout: DropoutKind = DropoutKind.scratch
+    dropout1: float = 0.2
+    dropout2: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    name: str = "synthetic"
+    batch_size: int = 5
+    n_train: int = 20
+    n_test: int = 100
+    num_inputs: int = 200
+    noise: float = 0.01
+
+
+@dataclass
+class FashionMNISTConfig(DataConfig):
+    name: str = "fashion_mnist"
+    batch_size: int = 256
+    root: str = "data"
+    download: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 100
+    eval_every: int = 1
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    reg: Any = MISSING
+    data: Any = MISSING
+    optim: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    device: str = "auto"
+
+
+IMPLS = {Penalty.none: (None,), Penalty.l2: ("penalty", "weight_decay"), Penalty.l1: ("subgradient", "proximal")}
+OPTIMIZERS = ("sgd", "adam")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="model", name="base_mlp", node=MLPConfig)
+    cs.store(group="reg", name="base_reg", node=RegConfig)
+    cs.store(group="reg", name="base_dropout", node=DropoutRegConfig)
+    cs.store(group="data", name="base_synthetic", node=SyntheticConfig)
+    cs.store(group="data", name="base_fashion_mnist", node=FashionMNISTConfig)
+    cs.store(group="optim", name="base_optim", node=OptimConfig)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"Invalid config: {key}: {message}")
+
+
+def impl_of(reg: DictConfig) -> Optional[str]:
+    """The penalty's implementation, with null meaning the from-scratch one."""
+    return reg.impl if reg.impl is not None else IMPLS[reg.penalty][0]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError, naming the key and what is allowed, for a config that cannot run."""
+    _validate_reg(cfg)
+    _require(cfg.optim.name in OPTIMIZERS, "optim.name", f"got {cfg.optim.name!r}, allowed: {', '.join(OPTIMIZERS)}")
+    _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    _require(cfg.trainer.epochs >= 1, "trainer.epochs", f"must be >= 1, got {cfg.trainer.epochs}")
+    _require(cfg.trainer.eval_every >= 1, "trainer.eval_every", f"must be >= 1, got {cfg.trainer.eval_every}")
+    _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
+    if cfg.model.name == "mlp":
+        for key in ("hidden1", "hidden2"):
+            _require(cfg.model[key] >= 1, f"model.{key}", f"must be >= 1, got {cfg.model[key]}")
+    _require(cfg.model.init_std > 0, "model.init_std", f"must be > 0, got {cfg.model.init_std}")
+    if cfg.data.name == "synthetic":
+        for key in ("n_train", "n_test", "num_inputs"):
+            _require(cfg.data[key] >= 1, f"data.{key}", f"must be >= 1, got {cfg.data[key]}")
+        _require(cfg.data.noise >= 0, "data.noise", f"must be >= 0, got {cfg.data.noise}")
+
+
+def _validate_reg(cfg: DictConfig) -> None:
+    reg = cfg.reg
+    _require(reg.lambd >= 0, "reg.lambd", f"must be >= 0, got {reg.lambd}")
+    if reg.name in ("none", "l1", "l2"):
+        _require(reg.penalty.value == reg.name, "reg.penalty", f"is {reg.penalty.value} but reg={reg.name}; choose reg={reg.penalty.value}")
+    allowed = IMPLS[reg.penalty]
+    if reg.penalty is Penalty.none:
+        _require(reg.lambd == 0, "reg.lambd", "has no effect without a penalty: use reg=l2 or reg=l1, or set reg.penalty")
+        _require(reg.impl is None, "reg.impl", "has no effect without a penalty (reg.penalty=none)")
+    else:
+        _require(reg.impl is None or reg.impl in allowed, "reg.impl", f"got {reg.impl!r}, allowed for {reg.penalty.value}: {', '.join(allowed)}")
+    if "dropout" in reg:
+        for key in ("dropout1", "dropout2"):
+            _require(0 <= reg[key] < 1, f"reg.{key}", f"must be in [0, 1), got {reg[key]}")
+        _require(cfg.model.name == "mlp", "reg", f"dropout ({reg.name}) needs hidden layers: use model=mlp, not model={cfg.model.name}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is cuda when available, else cpu; ``cuda`` and ``cuda:N`` must exist."""
+    allowed = "allowed: auto, cpu, cuda, cuda:N"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Invalid config: device: got {name!r}, {allowed}") from None
+    _require(device.type in ("cpu", "cuda"), "device", f"got {name!r}, {allowed}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        _require(count > 0, "device", f"{name} was asked for, but no CUDA device is available here; use device=cpu or auto")
+        _require((device.index or 0) < count, "device", f"{name} does not exist: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device

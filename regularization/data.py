@@ -1,0 +1,103 @@
+"""Datasets, loaded once into tensors on the run's device and served as index slices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torchvision.datasets import FashionMNIST
+from torchvision.datasets.utils import extract_archive
+
+from regularization.config import ConfigError
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors on one device. ``y`` is [n, 1] floats or [n] class indices."""
+
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    num_outputs: int
+
+    @property
+    def num_inputs(self) -> int:
+        return self.X_train.shape[1]
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.y_train.is_floating_point()
+
+
+def synthetic_regression(n_train: int, n_test: int, num_inputs: int, noise: float, seed: int) -> Dataset:
+    """y = 0.05 + Σᵢ 0.01·xᵢ + ε, with x ~ N(0, I) and ε ~ N(0, noise²).
+
+    Drawn on the CPU from its own generator, so the data depend on the seed alone,
+    not on the device or on what else consumed random numbers.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    w, b = torch.full((num_inputs, 1), 0.01), 0.05
+    X = torch.randn(n_train + n_test, num_inputs, generator=gen)
+    y = X @ w + b + noise * torch.randn(n_train + n_test, 1, generator=gen)
+    return Dataset(X[:n_train], y[:n_train], X[n_train:], y[n_train:], num_outputs=1)
+
+
+def fashion_mnist_dir(root: str | Path) -> Path:
+    return Path(root) / FashionMNIST.__name__ / "raw"
+
+
+def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
+    """Make the raw IDX files readable by torchvision, or stop with where to put them.
+
+    Gzipped originals in the raw folder are extracted in place (no network); with
+    ``download`` torchvision fetches what is missing.
+    """
+    raw = fashion_mnist_dir(root)
+    names = [Path(url).name for url, _ in FashionMNIST.resources]
+    missing = [n for n in names if not (raw / n.removesuffix(".gz")).exists()]
+    for name in list(missing):
+        if (raw / name).exists():
+            extract_archive(str(raw / name), str(raw))
+            missing.remove(name)
+    if missing and download:
+        FashionMNIST(str(root), download=True)
+    elif missing:
+        raise ConfigError(
+            f"Invalid config: data.root: Fashion-MNIST not found in {raw}/ (missing {', '.join(missing)}). "
+            "Copy the four files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+            "and t10k-labels-idx1-ubyte (or their .gz) there, or set data.download=true on a machine that is online."
+        )
+
+
+def fashion_mnist(root: str | Path) -> Dataset:
+    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels."""
+    def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = FashionMNIST(str(root), train=train, download=False)
+        return ds.data.flatten(1).float().div_(255), ds.targets.long()
+
+    (X_train, y_train), (X_test, y_test) = split(True), split(False)
+    return Dataset(X_train, y_train, X_test, y_test, num_outputs=len(FashionMNIST.classes))
+
+
+def check_data(cfg: DictConfig) -> None:
+    if cfg.data.name == "fashion_mnist":
+        ensure_fashion_mnist(cfg.data.root, cfg.data.download)
+
+
+def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
+    data = cfg.data
+    if data.name == "synthetic":
+        ds = synthetic_regression(data.n_train, data.n_test, data.num_inputs, data.noise, cfg.seed)
+    else:
+        ds = fashion_mnist(data.root)
+    return Dataset(*(t.to(device) for t in (ds.X_train, ds.y_train, ds.X_test, ds.y_test)), ds.num_outputs)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of one shuffled pass over n examples, drawn on the generator's device."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    yield from order.split(batch_size)

@@ -1,0 +1,106 @@
+"""Weight penalties and dropout, written as the chapters write them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+Params = Iterable[torch.Tensor]
+
+
+def l2_penalty(params: Params) -> torch.Tensor:
+    """½·Σ‖w‖²: the chapter's ``l2_penalty``; the loss adds λ times this."""
+    return sum((w.pow(2).sum() for w in params), torch.tensor(0.0)) / 2
+
+
+def l1_penalty(params: Params) -> torch.Tensor:
+    """Σ‖w‖₁ = Σᵢ|wᵢ|; the loss adds λ times this."""
+    return sum((w.abs().sum() for w in params), torch.tensor(0.0))
+
+
+def flat(params: Params) -> torch.Tensor:
+    """All the given tensors as one vector."""
+    return torch.cat([w.detach().flatten() for w in params])
+
+
+def weight_norm(params: Params) -> torch.Tensor:
+    """‖w‖₂ over all the given tensors, as if they were one vector."""
+    return flat(params).norm()
+
+
+def sparsity(params: Params, tol: float = 1e-3) -> torch.Tensor:
+    """The fraction of weights with |w| < tol."""
+    return (flat(params).abs() < tol).float().mean()
+
+
+@torch.no_grad()
+def soft_threshold_(w: torch.Tensor, threshold: float) -> None:
+    """w ← sign(w)·max(|w| − t, 0): the proximal step of t·‖w‖₁, which sets small weights to exactly 0."""
+    w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
+
+
+def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout: zero each unit with probability p and scale the kept ones by 1/(1−p),
+
+    so that E[dropout_layer(X, p)] = X. The mask is drawn on X's device.
+    """
+    if p == 1:
+        return torch.zeros_like(X)
+    if p == 0:
+        return X
+    mask = torch.rand_like(X) > p
+    return X * mask / (1 - p)
+
+
+class Dropout(nn.Module):
+    """``dropout_layer`` as a module: active in training mode only, the identity in eval mode."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return dropout_layer(X, self.p) if self.training else X
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class WeightPenalty:
+    """λ·Ω(w) with Ω = ½‖w‖² (l2) or ‖w‖₁ (l1), in one of its implementations.
+
+    - l2 ``penalty`` and l1 ``subgradient``: the term is added to the loss and autograd differentiates it.
+    - l2 ``weight_decay``: the optimizer adds λ·w to the gradient of the penalized group (``param_groups``),
+      which is the gradient of λ/2·‖w‖², so λ means the same in both.
+    - l1 ``proximal``: after each step, w ← soft_threshold(w, lr·λ) (``after_step``).
+    """
+
+    def __init__(self, kind: str, lambd: float, impl: str | None, params: list[nn.Parameter]) -> None:
+        self.kind, self.lambd, self.impl, self.params = kind, lambd, impl, params
+        self.omega = {"l2": l2_penalty, "l1": l1_penalty}.get(kind)
+
+    def value(self) -> torch.Tensor:
+        """λ·Ω(w), whichever implementation applies it."""
+        if self.omega is None or self.lambd == 0:
+            return torch.tensor(0.0)
+        return self.lambd * self.omega(self.params)
+
+    def loss_term(self) -> torch.Tensor:
+        """What to add to the loss: λ·Ω(w) for the in-loss implementations, else 0."""
+        in_loss = self.impl in ("penalty", "subgradient")
+        return self.value() if in_loss else torch.tensor(0.0)
+
+    def param_groups(self, params: list[nn.Parameter]) -> list[dict]:
+        """Optimizer groups: weight_decay = λ on the penalized weights only, for impl=weight_decay."""
+        if self.impl != "weight_decay":
+            return [{"params": params}]
+        ids = {id(p) for p in self.params}
+        rest = [p for p in params if id(p) not in ids]
+        return [{"params": self.params, "weight_decay": self.lambd}, {"params": rest, "weight_decay": 0.0}]
+
+    def after_step(self, lr: float) -> None:
+        if self.impl == "proximal":
+            for w in self.params:
+                soft_threshold_(w, lr * self.lambd)
