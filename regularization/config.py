@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-import torch
 from omegaconf import MISSING, DictConfig
 
 
@@ -60,7 +60,7 @@ class RegConfig:
     penalty: Penalty = Penalty.none
     lambd: float = 0.0
     # l2: penalty | weight_decay; l1: subgradient | proximal. null: the from-scratch one.
-    impl: Optional[str] = None
+    impl: str | None = None
     penalize_bias: bool = False
 
 
@@ -142,7 +142,7 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"Invalid config: {key}: {message}")
 
 
-def impl_of(reg: DictConfig) -> Optional[str]:
+def impl_of(reg: DictConfig) -> str | None:
     """The penalty's implementation, with null meaning the from-scratch one."""
     return reg.impl if reg.impl is not None else IMPLS[reg.penalty][0]
 
@@ -169,13 +169,15 @@ def _validate_reg(cfg: DictConfig) -> None:
     reg = cfg.reg
     _require(reg.lambd >= 0, "reg.lambd", f"must be >= 0, got {reg.lambd}")
     if reg.name in ("none", "l1", "l2"):
-        _require(reg.penalty.value == reg.name, "reg.penalty", f"is {reg.penalty.value} but reg={reg.name}; choose reg={reg.penalty.value}")
+        penalty = reg.penalty.value
+        _require(penalty == reg.name, "reg.penalty", f"is {penalty} but reg={reg.name}; choose reg={penalty}")
     allowed = IMPLS[reg.penalty]
     if reg.penalty is Penalty.none:
         _require(reg.lambd == 0, "reg.lambd", "has no effect without a penalty: use reg=l2 or reg=l1, or set reg.penalty")
         _require(reg.impl is None, "reg.impl", "has no effect without a penalty (reg.penalty=none)")
     else:
-        _require(reg.impl is None or reg.impl in allowed, "reg.impl", f"got {reg.impl!r}, allowed for {reg.penalty.value}: {', '.join(allowed)}")
+        message = f"got {reg.impl!r}, allowed for {reg.penalty.value}: {', '.join(allowed)}"
+        _require(reg.impl is None or reg.impl in allowed, "reg.impl", message)
     if "dropout" in reg:
         for key in ("dropout1", "dropout2"):
             _require(0 <= reg[key] < 1, f"reg.{key}", f"must be in [0, 1), got {reg[key]}")
@@ -195,5 +197,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         _require(count > 0, "device", f"{name} was asked for, but no CUDA device is available here; use device=cpu or auto")
-        _require((device.index or 0) < count, "device", f"{name} does not exist: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+        index = device.index or 0
+        _require(index < count, "device", f"{name} does not exist: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device

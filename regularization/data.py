@@ -75,6 +75,7 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
 
 def fashion_mnist(root: str | Path) -> Dataset:
     """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels."""
+
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ds = FashionMNIST(str(root), train=train, download=False)
         return ds.data.flatten(1).float().div_(255), ds.targets.long()

@@ -98,15 +98,14 @@ def evaluate_all(model: nn.Module, data: Dataset, penalty: WeightPenalty, object
     cls = data.is_classification
     train_loss, train_acc = evaluate(model, data.X_train, data.y_train, cls)
     test_loss, test_acc = evaluate(model, data.X_test, data.y_test, cls)
-    values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective,
-              "weight_l2_norm": weight_norm(penalty.params)}
+    values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": weight_norm(penalty.params)}
     if cls:
         values |= {"train_acc": train_acc, "test_acc": test_acc}
     if penalty.kind == "l1":
         values["sparsity"] = sparsity(penalty.params)
     host = torch.stack([v.float().to(objective.device) for v in values.values()]).tolist()
     metrics: dict[str, float | None] = {"train_acc": None, "test_acc": None}
-    metrics |= dict(zip(values, host))
+    metrics |= dict(zip(values, host, strict=True))
     return metrics
 
 

@@ -44,8 +44,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
-    names = {"train_loss": "train_loss", "test_loss": "test_loss", "train_acc": "train_acc",
-             "test_acc": "test_acc", "weight_l2_norm": "|w|", "sparsity": "sparsity"}
+    names = {
+        "train_loss": "train_loss",
+        "test_loss": "test_loss",
+        "train_acc": "train_acc",
+        "test_acc": "test_acc",
+        "weight_l2_norm": "|w|",
+        "sparsity": "sparsity",
+    }
     return "  ".join(f"{label} {metrics[key]:.4g}" for key, label in names.items() if metrics.get(key) is not None)
 
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from regularization.logging import log, write_text_atomic
@@ -61,7 +61,7 @@ def console_table(rows: list[dict[str, Any]]) -> str:
     cols = _present(rows)
     cells = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:

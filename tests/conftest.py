@@ -1,0 +1,104 @@
+"""Shared fixtures: configs composed as train.py composes them, shrunk to seconds; a tiny Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import regularization  # noqa: F401  (registers the config schemas)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+REAL_DATA = ROOT / "data"
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose conf/config.yaml with overrides, as train.py would, with the job's output dir set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """make_cfg("reg.lambd=3", ...) composes a config whose job dir is a fresh tmp dir."""
+    counter = iter(range(1_000_000))
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(list(overrides), tmp_path / f"job{next(counter)}")
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
+    """An IDX file (big-endian dims after a magic of 0x08 = ubyte and the number of dims)."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def make_tiny_fashion(root: Path, n_train: int = 200, n_test: int = 100, gz: bool = False, seed: int = 0) -> Path:
+    """A learnable stand-in for Fashion-MNIST: class c lights up row block c of a noisy 28x28 image."""
+    rng = np.random.default_rng(seed)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4 : 2 * c + 6, :] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_fashion(tmp_path_factory.mktemp("fashion"))
+
+
+def real_data_root() -> Path:
+    """data/ with the real Fashion-MNIST; skips without it, or fails when REQUIRE_FASHION_MNIST=1."""
+    if not (REAL_DATA / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        message = f"Fashion-MNIST not in {REAL_DATA}/FashionMNIST/raw (run `make data`)"
+        if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return REAL_DATA
+
+
+def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """python train.py ARGS in cwd, as a user would run it."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
