@@ -8,6 +8,7 @@ being there. It runs before any training, once per job of a sweep.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(CompactHydraException):
@@ -126,6 +127,8 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore, and the ``${pid:}`` resolver used in output dir names."""
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="model", name="base_model", node=ModelConfig)

@@ -22,8 +22,12 @@ class ValidatingSweeper(BasicSweeper):
     """
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from regularization.config import ConfigError
         from regularization.engine import preflight
 
         assert self.hydra_context is not None and self.config is not None
         for overrides in batch:
-            preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+            try:
+                preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+            except ConfigError as err:
+                raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(overrides)}") from None

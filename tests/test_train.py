@@ -1,0 +1,92 @@
+"""train.py end to end, as a subprocess: single runs, sweeps, the chapters' numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import real_data_root, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def scalars(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(job_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def test_single_run_writes_events_and_metrics(tmp_path):
+    proc = run_train(["trainer.epochs=4", "reg.lambd=3"], tmp_path)
+    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    m = metrics(job)
+    assert m["status"] == "completed" and m["epochs"] == 4
+    assert {"train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "wall_s"} <= m.keys()
+    assert m["train_acc"] is None and m["test_acc"] is None  # regression
+    tags = scalars(job)
+    assert {"loss/train", "loss/test", "loss/objective", "weights/l2_norm"} <= tags.keys()
+    assert [step for step, _ in tags["loss/test"]] == [1, 2, 3, 4]
+    assert tags["loss/test"][-1][1] == pytest.approx(m["test_loss"], rel=1e-6)
+    assert tags["weights/l2_norm"][-1][1] == pytest.approx(m["weight_l2_norm"], rel=1e-6)
+    lines = proc.stdout.strip().splitlines()
+    assert sum("epoch " in line for line in lines) == 4
+    assert lines[-1].endswith(str(job / "metrics.json"))
+
+
+def test_multirun_names_jobs_by_their_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", "reg.lambd=0,3", "trainer.epochs=3", "device=cpu", f"hydra.sweep.dir={sweep}"], tmp_path)
+    jobs = {p.name: p for p in sweep.iterdir() if p.is_dir()}
+    # device does not change the experiment, so it stays out of the name
+    assert set(jobs) == {"reg.lambd=0,trainer.epochs=3", "reg.lambd=3,trainer.epochs=3"}
+    for job in jobs.values():
+        assert metrics(job)["status"] == "completed"
+        assert {"loss/train", "loss/test"} <= scalars(job).keys()
+        assert (job / ".hydra" / "overrides.yaml").exists()
+    assert metrics(jobs["reg.lambd=3,trainer.epochs=3"])["weight_l2_norm"] < metrics(jobs["reg.lambd=0,trainer.epochs=3"])["weight_l2_norm"]
+    assert "reg.lambd=3,trainer.epochs=3" in proc.stdout.split("Sweep summary")[-1]  # the final table
+    assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
+
+
+def test_sweeps_started_together_get_distinct_dirs(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "reg.lambd=0,3", "trainer.epochs=2"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        assert len(list(sweep.glob("*/metrics.json"))) == 2
+
+
+@pytest.mark.parametrize("impl", ["penalty", "weight_decay"])
+def test_weight_decay_fidelity(tmp_path, impl):
+    """The chapter: ‖w‖ ≈ 13 and a large test loss at λ = 0; ‖w‖ ≈ 0.35 and a much lower test loss at λ = 3."""
+    sweep = tmp_path / "sweep"
+    run_train(["-m", "reg.lambd=0,3", "seed=0,1,2,3,4", f"reg.impl={impl}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    for seed in range(5):
+        free = metrics(sweep / f"reg.impl={impl},reg.lambd=0,seed={seed}")
+        decayed = metrics(sweep / f"reg.impl={impl},reg.lambd=3,seed={seed}")
+        assert 10 <= free["weight_l2_norm"] <= 17 and free["test_loss"] > 10
+        assert 0.25 <= decayed["weight_l2_norm"] <= 0.6 and decayed["test_loss"] < 1
+        assert decayed["train_loss"] > free["train_loss"]
+
+
+@pytest.mark.parametrize("reg", ["dropout_scratch", "dropout_builtin"])
+def test_dropout_fidelity_on_fashion_mnist(tmp_path, reg):
+    """The chapter's MLP with dropout 0.2/0.5 after 10 epochs: test accuracy about 0.85."""
+    root = real_data_root()
+    run_train(["+experiment=dropout", f"reg={reg}", f"data.root={root}"], tmp_path, timeout=900)
+    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    m = metrics(job)
+    assert m["status"] == "completed" and m["epochs"] == 10
+    assert m["test_acc"] >= 0.84 and m["train_loss"] < 0.4
