@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -36,6 +37,7 @@ from torchvision.datasets import FashionMNIST
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import regularization  # noqa: E402
 from regularization.data import load_data  # noqa: E402
 from regularization.engine import make_optimizer, make_penalty, seed_everything, train_epoch  # noqa: E402
 from regularization.logging import write_json_atomic  # noqa: E402
@@ -121,17 +123,24 @@ def sgemm_flops(device: torch.device, n: int = 2048) -> float:
 
 
 # (b), (c) Sweeps through train.py, in this process.
+def task(cfg) -> float:
+    """train.py's main (defined here: Hydra finds conf/ relative to the task function's file)."""
+    return regularization.run(cfg)
+
+
 def run_sweep(args: list[str]) -> float:
     """Wall time of `python train.py -m ARGS`, run in this process (console output discarded)."""
-    import train
-
     GlobalHydra.instance().clear()
+    main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(task)
     argv = sys.argv
     sys.argv = ["train.py", "-m", *args]
+    out = io.StringIO()
     start = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train.main()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            main()
+    except SystemExit as e:
+        raise RuntimeError(f"train.py -m {' '.join(args)} failed:\n{out.getvalue()[-2000:]}") from e
     finally:
         sys.argv = argv
     return time.perf_counter() - start
