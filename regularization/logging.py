@@ -56,18 +56,20 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
 
 
 class RunLogger:
-    """TensorBoard event files in the job dir, plus one console line per evaluation."""
+    """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``)."""
 
-    def __init__(self, log_dir: Path, epochs: int) -> None:
+    def __init__(self, log_dir: Path, epochs: int, console: bool = True) -> None:
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.epochs = epochs
+        self.console = console
 
     def log_eval(self, epoch: int, metrics: dict[str, float | None]) -> None:
         for key, tag in TAGS.items():
             value = metrics.get(key)
             if value is not None and math.isfinite(value):
                 self.writer.add_scalar(tag, value, epoch)
-        log.info("epoch %*d/%d  %s", len(str(self.epochs)), epoch, self.epochs, format_metrics(metrics))
+        if self.console:
+            log.info("epoch %*d/%d  %s", len(str(self.epochs)), epoch, self.epochs, format_metrics(metrics))
 
     def close(self) -> None:
         self.writer.flush()

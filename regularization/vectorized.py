@@ -1,0 +1,368 @@
+"""Train K jobs at once as one stacked model: every weight gets a leading member dimension k = 0..K−1.
+
+Member k computes exactly what ``engine.fit`` computes for its job alone:
+
+- the same init: ``seed_everything(seed_k)`` then ``build_model``, whose weights are then stacked;
+- the same batches: a generator seeded with seed_k draws the same ``randperm`` every epoch;
+- the same objective: data loss + λ_k·Ω(w_k), with Ω = ½‖w‖² (l2) or ‖w‖₁ (l1), in the same
+  implementation (in the loss, torch.optim's weight_decay, or the proximal step);
+- the same update rule (SGD or Adam, written out with a per-member learning rate lr_k).
+
+The members share nothing but the tensors they live in: the loss summed over members has
+∂(Σⱼ Lⱼ)/∂w_k = ∂L_k/∂w_k, so one backward pass gives every member its own gradient.
+Dropout draws from the global RNG (one mask per member), so dropout members agree with single
+runs in distribution, not bit for bit. A member whose objective stops being finite is marked
+diverged, its weights are zeroed and its learning rate set to 0, and the others train on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from regularization.config import impl_of
+from regularization.data import load_data, minibatches
+from regularization.engine import EVAL_BATCH, seed_everything
+from regularization.logging import RunLogger, log, write_json_atomic
+from regularization.models import build_model
+
+# The keys in which the members of one stacked group may differ.
+STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which engine uses
+
+
+def group_key(cfg: DictConfig) -> str:
+    """What members of one group share: the job's config without the stackable keys (and without hydra)."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("hydra", None)
+    for key in STACKABLE:
+        *parents, leaf = key.split(".")
+        node = container
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return OmegaConf.to_yaml(OmegaConf.create(container))
+
+
+def plan_groups(cfgs: list[DictConfig], max_members: int) -> list[list[int]]:
+    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each."""
+    by_key: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        by_key.setdefault(group_key(cfg), []).append(i)
+    return [idx[s : s + max_members] for idx in by_key.values() for s in range(0, len(idx), max_members)]
+
+
+def per_member(values: list[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [K] tensor viewed as [K, 1, …, 1] to broadcast against a stacked [K, …] tensor."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def member_dropout(H: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Inverted dropout with a rate per member: keep with probability 1 − p_k, scale kept units by 1/(1 − p_k).
+
+    ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
+    """
+    keep = torch.rand_like(H) >= bcast(p, H)
+    return H * keep / bcast(1 - p, H)
+
+
+class StackedNet:
+    """K copies of a Linear or MLP: x → [Linear → ReLU → dropout]* → Linear, with W: [K, in, out], b: [K, 1, out]."""
+
+    def __init__(self, models: list[nn.Module], rates: list[torch.Tensor]) -> None:
+        layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
+        self.weights = [torch.stack([lin.weight.detach().T for lin in layer]).contiguous().requires_grad_() for layer in layers]
+        self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
+        self.rates = rates  # one [K] dropout rate per hidden layer (an empty list for the linear model)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
+
+    def __call__(self, X: torch.Tensor, train: bool) -> torch.Tensor:
+        """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
+        H = X
+        for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            H = torch.baddbmm(b, H, W) if H.dim() == 3 else torch.matmul(H, W) + b
+            if i < len(self.weights) - 1:
+                H = torch.relu(H)
+                if train and bool(self.rates[i].any()):
+                    H = member_dropout(H, self.rates[i])
+        return H
+
+
+class StackedPenalty:
+    """``regularizers.WeightPenalty`` with λ_k per member: λ_k·Ω(w_k), Ω = ½‖w‖² (l2) or ‖w‖₁ (l1)."""
+
+    def __init__(self, kind: str, impl: str | None, lambd: torch.Tensor, params: list[torch.Tensor]) -> None:
+        self.kind, self.impl, self.lambd, self.params = kind, impl, lambd, params
+
+    def omega(self) -> torch.Tensor:
+        if self.kind == "l2":
+            return sum(w.pow(2).flatten(1).sum(1) for w in self.params) / 2
+        return sum(w.abs().flatten(1).sum(1) for w in self.params)
+
+    def value(self) -> torch.Tensor:
+        """[K]: λ_k·Ω(w_k), and exactly 0 where λ_k = 0 (engine does not evaluate Ω then)."""
+        if self.kind == "none":
+            return torch.zeros_like(self.lambd)
+        return torch.where(self.lambd == 0, 0.0, self.lambd * self.omega())
+
+    def loss_term(self) -> torch.Tensor:
+        """[K]: what the loss adds, λ_k·Ω(w_k) for the in-loss implementations, else 0."""
+        return self.value() if self.impl in ("penalty", "subgradient") else torch.zeros_like(self.lambd)
+
+    def weight_decay(self) -> dict[int, torch.Tensor]:
+        """λ_k as the optimizer's weight decay on the penalized tensors, for impl=weight_decay."""
+        return {id(w): self.lambd for w in self.params} if self.impl == "weight_decay" else {}
+
+    @torch.no_grad()
+    def after_step(self, lr: torch.Tensor) -> None:
+        """impl=proximal: w_k ← sign(w_k)·max(|w_k| − lr_k·λ_k, 0)."""
+        if self.impl == "proximal":
+            for w in self.params:
+                w.copy_(torch.sign(w) * torch.clamp(w.abs() - bcast(lr * self.lambd, w), min=0))
+
+
+class StackedOptimizer:
+    """torch.optim's SGD and Adam update rules (no momentum, L2 weight decay added to the gradient), with lr_k per member.
+
+    SGD: w ← w − lr_k·(g + wd_k·w).  Adam: g ← g + wd_k·w; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
+    w ← w − lr_k/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
+    """
+
+    def __init__(self, name: str, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: dict[int, torch.Tensor]) -> None:
+        self.name, self.params, self.lr, self.weight_decay = name, params, lr, weight_decay
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in params] if name == "adam" else []
+        self.v = [torch.zeros_like(p) for p in params] if name == "adam" else []
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if id(p) in self.weight_decay:
+                g = g + bcast(self.weight_decay[id(p)], p) * p
+            if self.name == "sgd":
+                p.sub_(bcast(self.lr, p) * g)
+                continue
+            (b1, b2), m, v = ADAM_BETAS, self.m[i], self.v[i]
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(1 - b2**self.t)).add_(ADAM_EPS)
+            p.sub_(bcast(self.lr / (1 - b1**self.t), p) * m / denom)
+
+    @torch.no_grad()
+    def freeze(self, members: torch.Tensor) -> None:
+        """Stop the given members ([K] bool): zero their weights and moments, and their learning rate."""
+        self.lr[members] = 0
+        for t in self.params + self.m + self.v:
+            t[members] = 0
+
+
+@dataclass
+class StackedData:
+    """Train and test tensors for K members: shared ([n, …], one dataset for all) or per member ([K, n, …])."""
+
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    num_outputs: int
+    per_member: bool
+    classification: bool
+
+    def take(self, T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Rows idx ([B] shared by all members, or [K, B]) of T."""
+        if not self.per_member:
+            return T[idx]
+        if idx.dim() == 1:
+            return T[:, idx]
+        return T[torch.arange(len(T), device=T.device)[:, None], idx]
+
+    def rows(self, T: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return T[:, start:stop] if self.per_member else T[start:stop]
+
+
+def load_stacked_data(cfgs: list[DictConfig], device: torch.device) -> StackedData:
+    """Each member's dataset, loaded once per distinct dataset: synthetic data are drawn from the seed,
+    so members with different seeds get their own data ([K, n, …]); Fashion-MNIST is one shared copy."""
+    seeds = [cfg.seed for cfg in cfgs]
+    distinct = sorted(set(seeds)) if cfgs[0].data.name == "synthetic" else [seeds[0]]
+    by_seed = {s: load_data(_with_seed(cfgs[0], s), device) for s in distinct}
+    first = by_seed[distinct[0]]
+    names = ("X_train", "y_train", "X_test", "y_test")
+    if len(distinct) == 1:
+        return StackedData(*(getattr(first, n) for n in names), first.num_outputs, False, first.is_classification)
+    tensors = [torch.stack([getattr(by_seed[s], n) for s in seeds]) for n in names]
+    return StackedData(*tensors, first.num_outputs, True, first.is_classification)
+
+
+def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.seed = seed
+    return cfg
+
+
+def member_batches(n: int, batch_size: int, generators: list[torch.Generator], which: torch.Tensor) -> Iterator[torch.Tensor]:
+    """One epoch's index batches: generator g draws ``data.minibatches``' permutation, as engine.fit's does;
+    member k follows generator which[k]. One generator (one seed): [B] batches shared by all members, else [K, B]."""
+    streams = [minibatches(n, batch_size, g) for g in generators]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    for idx in zip(*streams, strict=True):
+        yield torch.stack(idx)[which]
+
+
+def member_losses(y_hat: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
+    """[K] mean losses: cross-entropy, or the squared loss (ŷ − y)²/2 averaged as engine.squared_loss does."""
+    if classification:
+        K, B, C = y_hat.shape
+        return F.cross_entropy(y_hat.reshape(K * B, C), y.expand(K, B).reshape(-1), reduction="none").view(K, B).mean(1)
+    return (y_hat - y).pow(2).flatten(1).mean(1) / 2
+
+
+def train_epoch(
+    net: StackedNet, data: StackedData, optimizer: StackedOptimizer, penalty: StackedPenalty, batches: Iterator[torch.Tensor]
+) -> torch.Tensor:
+    """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω), [K], on the device."""
+    n = data.X_train.shape[-2]
+    total = torch.zeros_like(optimizer.lr)
+    for idx in batches:
+        data_loss = member_losses(net(data.take(data.X_train, idx), train=True), data.take(data.y_train, idx), data.classification)
+        optimizer.zero_grad()
+        (data_loss + penalty.loss_term()).sum().backward()
+        optimizer.step()
+        penalty.after_step(optimizer.lr)
+        with torch.no_grad():
+            total += (data_loss + penalty.value()) * idx.shape[-1]
+    return total / n
+
+
+@torch.inference_mode()
+def evaluate(net: StackedNet, data: StackedData, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[K] mean loss (and accuracy) over the whole set, without dropout, summed on the device in large chunks."""
+    K, n = net.weights[0].shape[0], X.shape[-2]
+    chunk = max(1024, EVAL_BATCH * 8 // K)  # bounds the [K, chunk, hidden] activations
+    loss_sum = torch.zeros(K, device=X.device)
+    correct = torch.zeros(K, device=X.device)
+    for start in range(0, n, chunk):
+        Xc, yc = data.rows(X, start, start + chunk), data.rows(y, start, start + chunk)
+        y_hat = net(Xc, train=False)
+        loss_sum += member_losses(y_hat, yc, data.classification) * y_hat.shape[1]
+        if data.classification:
+            correct += (y_hat.argmax(-1) == yc).sum(-1)
+    return loss_sum / n, (correct / n if data.classification else None)
+
+
+def evaluate_all(net: StackedNet, data: StackedData, penalty: StackedPenalty, objective: torch.Tensor) -> list[dict[str, float | None]]:
+    """engine.evaluate_all for every member, read from the device in one transfer."""
+    train_loss, train_acc = evaluate(net, data, data.X_train, data.y_train)
+    test_loss, test_acc = evaluate(net, data, data.X_test, data.y_test)
+    flat = torch.cat([w.detach().flatten(1) for w in penalty.params], dim=1)
+    values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": flat.norm(dim=1)}
+    if data.classification:
+        values |= {"train_acc": train_acc, "test_acc": test_acc}
+    if penalty.kind == "l1":
+        values["sparsity"] = (flat.abs() < 1e-3).float().mean(1)
+    host = torch.stack([v.float() for v in values.values()], dim=1).tolist()
+    return [{"train_acc": None, "test_acc": None} | dict(zip(values, row, strict=True)) for row in host]
+
+
+def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.device) -> StackedNet:
+    """Each member's model as engine.train builds it (seed_everything(seed_k), then build_model), stacked."""
+    models = []
+    for cfg in cfgs:
+        seed_everything(cfg.seed)
+        models.append(build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device))
+    rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("dropout1", "dropout2")]
+    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [])
+
+
+def fit_group(cfgs: list[DictConfig], loggers: list[RunLogger], device: torch.device) -> list[dict]:
+    """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s)."""
+    first, K = cfgs[0], len(cfgs)
+    data = load_stacked_data(cfgs, device)
+    net = build_members(cfgs, data, device)
+    seed_everything(first.seed)  # the dropout masks' RNG
+    params = net.parameters()
+    penalized = net.weights + (net.biases if first.reg.penalize_bias else [])
+    penalty = StackedPenalty(first.reg.penalty.value, impl_of(first.reg), per_member([c.reg.lambd for c in cfgs], device), penalized)
+    optimizer = StackedOptimizer(first.optim.name, params, per_member([c.optim.lr for c in cfgs], device), penalty.weight_decay())
+    seeds = sorted({c.seed for c in cfgs})
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    which = torch.tensor([seeds.index(c.seed) for c in cfgs], device=device)
+    epochs, every, n = first.trainer.epochs, first.trainer.eval_every, data.X_train.shape[-2]
+    results = [{"status": "completed", "epochs": epochs} for _ in cfgs]
+    histories: list[list[dict]] = [[] for _ in cfgs]
+    active = torch.ones(K, dtype=torch.bool, device=device)
+    for epoch in range(1, epochs + 1):
+        batches = member_batches(n, first.data.batch_size, generators, which)
+        objective = train_epoch(net, data, optimizer, penalty, batches)
+        diverged = active & ~torch.isfinite(objective)
+        if bool(diverged.any()):
+            for k in diverged.nonzero().flatten().tolist():
+                log.warning("member %d, epoch %d: the training objective is not finite; stopping it (status diverged)", k, epoch)
+                results[k] |= {"status": "diverged", "epochs": epoch}
+            optimizer.freeze(diverged)
+            active &= ~diverged
+            if not bool(active.any()):
+                break
+        if epoch % every == 0 or epoch == epochs:
+            alive = active.tolist()
+            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective)):
+                if alive[k]:
+                    loggers[k].log_eval(epoch, metrics)
+                    histories[k].append({"epoch": epoch, **metrics})
+            log.info("epoch %d/%d: %d of %d members training", epoch, epochs, sum(alive), K)
+    for result, history in zip(results, histories, strict=True):
+        final = history[-1] if history else {}
+        result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
+        if penalty.kind == "l1":
+            result["sparsity"] = final.get("sparsity")
+        result["history"] = history
+    return results
+
+
+def train_group(cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device) -> list[float]:
+    """engine.train for a group: event files and metrics.json in each member's dir; returns the final test losses.
+
+    ``wall_s`` is the group's wall time: the members trained together. If the group raises, every member
+    is marked failed with the traceback, as engine.run marks a failed job.
+    """
+    loggers = [RunLogger(d, cfg.trainer.epochs, console=False) for cfg, d in zip(cfgs, out_dirs, strict=True)]
+    start = time.perf_counter()
+    try:
+        results = fit_group(cfgs, loggers, device)
+    except Exception:
+        for d in out_dirs:
+            (d / "traceback.txt").write_text(traceback.format_exc())
+            write_json_atomic(d / "metrics.json", {"status": "failed", "error": traceback.format_exc(limit=0).strip()})
+        log.exception("group of %d jobs failed; traceback in each job dir", len(cfgs))
+        return [math.nan] * len(cfgs)
+    finally:
+        for logger in loggers:
+            logger.close()
+    wall = time.perf_counter() - start
+    for result, d in zip(results, out_dirs, strict=True):
+        write_json_atomic(d / "metrics.json", result | {"wall_s": wall})
+    return [r["test_loss"] if r.get("test_loss") is not None else math.nan for r in results]

@@ -1,0 +1,217 @@
+"""Speed of the harness, in one process on the current device (cuda if available, else cpu).
+
+(a) one Fashion-MNIST MLP epoch (lr 0.5, batch 256, dropout 0.2/0.5): the chapter's pipeline (torchvision
+    dataset + ToTensor + DataLoader, a copy to the device per batch, loss.sum().backward(), per-batch metrics
+    read to the host) against the harness's engine.train_epoch on device-resident data;
+(b) a 64-value λ sweep of the weight-decay experiment: `train.py -m` with the basic launcher (jobs one after
+    another) against hydra/launcher=vectorized, both run in this process;
+(c) a 4×4 dropout1 × dropout2 sweep on Fashion-MNIST, 2 epochs: basic against vectorized;
+(d) the harness epoch's FLOP rate (forward + backward matmuls) as a share of a large sgemm's, timed here.
+
+Prints a table and writes outputs/bench/bench-<time>.json. Run: python scripts/bench.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import FashionMNIST
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import regularization  # noqa: E402
+from regularization.data import load_data  # noqa: E402
+from regularization.engine import make_optimizer, make_penalty, seed_everything, train_epoch  # noqa: E402
+from regularization.logging import write_json_atomic  # noqa: E402
+from regularization.models import build_model  # noqa: E402
+
+OUT = ROOT / "outputs" / "bench"
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of fn over `repeats` calls after `warmup` untimed ones (synchronizing a GPU)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# (a) The chapter's pipeline, written as d2l writes it (train_epoch_ch3 with the from-scratch sgd updater).
+def chapter_epoch_fn(device: torch.device) -> Callable[[], None]:
+    train_iter = DataLoader(
+        FashionMNIST(str(ROOT / "data"), train=True, transform=transforms.ToTensor()), batch_size=256, shuffle=True, num_workers=0
+    )
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10)
+    ).to(device)
+    loss = nn.CrossEntropyLoss(reduction="none")
+    lr = 0.5
+
+    def sgd(params, batch_size: int) -> None:
+        with torch.no_grad():
+            for p in params:
+                p -= lr * p.grad / batch_size
+                p.grad.zero_()
+
+    def epoch() -> None:
+        net.train()
+        metric = [0.0, 0.0, 0]  # d2l's Accumulator: loss sum, correct, examples
+        for X, y in train_iter:
+            X, y = X.to(device), y.to(device)
+            y_hat = net(X)
+            l = loss(y_hat, y)  # noqa: E741  (d2l's name)
+            l.sum().backward()
+            sgd(net.parameters(), X.shape[0])
+            metric[0] += float(l.sum())
+            metric[1] += float((y_hat.argmax(1) == y).sum())
+            metric[2] += y.numel()
+
+    return epoch
+
+
+def compose_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def harness_epoch_fn(device: torch.device) -> Callable[[], None]:
+    cfg = compose_cfg(["+experiment=dropout", f"data.root={ROOT / 'data'}"])
+    seed_everything(0)
+    data = load_data(cfg, device)
+    model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
+    penalty = make_penalty(cfg, model)
+    optimizer = make_optimizer(cfg, model, penalty)
+    generator = torch.Generator(device=device).manual_seed(0)
+    return lambda: train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator).item()
+
+
+def mlp_epoch_flops(n: int = 60000, sizes: tuple[int, ...] = (784, 256, 256, 10)) -> float:
+    """Forward 2·n·in·out per layer; backward 2·n·in·out for ∂W and again for ∂X (not for the first layer's input)."""
+    layers = list(zip(sizes, sizes[1:], strict=False))
+    return sum(2 * n * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(layers))
+
+
+def sgemm_flops(device: torch.device, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / median_time(lambda: a @ b, repeats=5, warmup=2, device=device)
+
+
+# (b), (c) Sweeps through train.py, in this process.
+def task(cfg) -> float:
+    """train.py's main (defined here: Hydra finds conf/ relative to the task function's file)."""
+    return regularization.run(cfg)
+
+
+def run_sweep(args: list[str]) -> float:
+    """Wall time of `python train.py -m ARGS`, run in this process (console output discarded)."""
+    GlobalHydra.instance().clear()
+    main = hydra.main(version_base="1.3", config_path="../conf", config_name="config")(task)
+    argv = sys.argv
+    sys.argv = ["train.py", "-m", *args]
+    out = io.StringIO()
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            main()
+    except SystemExit as e:
+        raise RuntimeError(f"train.py -m {' '.join(args)} failed:\n{out.getvalue()[-2000:]}") from e
+    finally:
+        sys.argv = argv
+    return time.perf_counter() - start
+
+
+def sweep_ratio(name: str, args: list[str]) -> tuple[float, float]:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    basic = run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-basic-{stamp}'}"])
+    vec = run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-vectorized-{stamp}'}", "hydra/launcher=vectorized"])
+    return basic, vec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps (16 λ values, a 2×2 dropout grid, 1 epoch)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    repeats = 2 if args.quick else 3
+    rows: dict[str, dict] = {}
+
+    chapter = median_time(chapter_epoch_fn(device), repeats, device=device)
+    harness = median_time(harness_epoch_fn(device), repeats, device=device)
+    rows["a_epoch"] = {"chapter_s": chapter, "harness_s": harness, "ratio": harness / chapter, "target": "<= 0.35"}
+
+    n_lambda = 16 if args.quick else 64
+    step = 10 / n_lambda
+    basic, vec = sweep_ratio("lambda", ["+experiment=weight_decay", f"reg.lambd=range(0,10,{step})"])
+    rows["b_lambda_sweep"] = {"jobs": n_lambda, "basic_s": basic, "vectorized_s": vec, "speedup": basic / vec, "target": ">= 20"}
+
+    rates, epochs = ("0,0.5", 1) if args.quick else ("0,0.2,0.5,0.8", 2)
+    dropout = ["+experiment=dropout", f"reg.dropout1={rates}", f"reg.dropout2={rates}", f"trainer.epochs={epochs}"]
+    basic, vec = sweep_ratio("dropout", dropout)
+    jobs = len(rates.split(",")) ** 2
+    rows["c_dropout_sweep"] = {
+        "jobs": jobs,
+        "epochs": epochs,
+        "basic_s": basic,
+        "vectorized_s": vec,
+        "speedup": basic / vec,
+        "target": ">= 1.5",
+    }
+
+    peak = sgemm_flops(device)
+    achieved = mlp_epoch_flops() / harness
+    rows["d_matmul_share"] = {"epoch_gflops": achieved / 1e9, "sgemm_gflops": peak / 1e9, "share": achieved / peak, "target": ">= 0.65"}
+
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    report = {
+        "device": str(device),
+        "machine": machine,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "results": rows,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    write_json_atomic(path, report)
+    print(f"device {device} ({machine}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, row in rows.items():
+        print(f"{name:16s} " + "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

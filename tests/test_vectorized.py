@@ -1,0 +1,171 @@
+"""The vectorized launcher: stacked members equal single runs, groups split where they must, members fail alone."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from regularization.engine import train
+from regularization.vectorized import member_dropout, plan_groups, train_group
+from tests.conftest import run_train
+
+CPU = torch.device("cpu")
+SHORT_WD = ["+experiment=weight_decay", "trainer.epochs=12"]
+
+
+def single(make_cfg, overrides: list[str]) -> dict:
+    """The job run alone by engine.train, as the basic launcher runs it."""
+    cfg = make_cfg(*overrides)
+    out = Path(cfg.hydra.runtime.output_dir)
+    train(cfg, CPU, out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def stacked(make_cfg, members: list[list[str]]) -> list[dict]:
+    cfgs = [make_cfg(*m) for m in members]
+    dirs = [Path(c.hydra.runtime.output_dir) for c in cfgs]
+    train_group(cfgs, dirs, CPU)
+    return [json.loads((d / "metrics.json").read_text()) for d in dirs]
+
+
+def assert_same_run(got: dict, want: dict, rel: float = 1e-4) -> None:
+    assert got.keys() == want.keys()
+    assert got["status"] == want["status"] and got["epochs"] == want["epochs"]
+    assert len(got["history"]) == len(want["history"])
+    for g, w in zip(got["history"], want["history"], strict=True):
+        assert g.keys() == w.keys()
+        for key, value in w.items():
+            if value is None:
+                assert g[key] is None
+            else:
+                assert g[key] == pytest.approx(value, rel=rel, abs=1e-7), key
+
+
+@pytest.mark.parametrize(
+    "reg",
+    [["reg=none"], ["reg=l2"], ["reg=l2", "reg.impl=weight_decay"], ["reg=l1"], ["reg=l1", "reg.impl=proximal"]],
+    ids=["none", "l2-penalty", "l2-weight_decay", "l1-subgradient", "l1-proximal"],
+)
+def test_members_equal_single_runs(make_cfg, reg):
+    """λ, lr and seed differ per member (a new seed: new data, init and batch order); every number matches within 1e-4."""
+    lambd = (lambda v: []) if reg == ["reg=none"] else (lambda v: [f"reg.lambd={v}"])
+    members = [
+        SHORT_WD + reg + lambd(0),
+        SHORT_WD + reg + lambd(0.5),
+        SHORT_WD + reg + lambd(2) + ["optim.lr=0.01"],
+        SHORT_WD + reg + ["seed=3"],
+    ]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+
+
+def test_mlp_adam_members_equal_single_runs(make_cfg, tiny_fashion_root):
+    """The classification path (MLP, cross-entropy, accuracies) and the Adam update, per-member lr and seed."""
+    base = ["model=mlp", "model.hidden1=32", "model.hidden2=16", "data=fashion_mnist", f"data.root={tiny_fashion_root}"]
+    base += ["data.batch_size=32", "trainer.epochs=3", "optim=adam", "reg=l2"]
+    members = [base + ["reg.lambd=0.01"], base + ["optim.lr=0.01", "seed=4"]]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+    assert got[0]["test_acc"] is not None
+
+
+def test_a_diverging_member_does_not_disturb_the_others(make_cfg):
+    members = [SHORT_WD + ["reg.lambd=1"], SHORT_WD + ["optim.lr=5"], SHORT_WD + ["reg.lambd=3"]]
+    got = stacked(make_cfg, members)
+    assert got[1]["status"] == "diverged" and got[1]["epochs"] < 12
+    assert_same_run(got[1], single(make_cfg, members[1]))
+    for k in (0, 2):
+        assert got[k]["status"] == "completed"
+        assert_same_run(got[k], single(make_cfg, members[k]))
+
+
+def test_groups_split_on_keys_that_cannot_stack_and_respect_max_members(make_cfg):
+    jobs = [
+        ["reg.lambd=0"],
+        ["reg.lambd=1", "seed=2"],
+        ["data.batch_size=4"],  # another batch size
+        ["reg=l1", "reg.lambd=1"],  # another penalty
+        ["reg.lambd=2", "optim.lr=0.1"],
+        ["model=mlp"],  # another model
+        ["optim=adam", "optim.lr=0.003"],  # another optimizer, even with the same lr
+    ]
+    cfgs = [make_cfg(*j) for j in jobs]
+    assert plan_groups(cfgs, max_members=64) == [[0, 1, 4], [2], [3], [5], [6]]
+    assert plan_groups(cfgs, max_members=2) == [[0, 1], [4], [2], [3], [5], [6]]
+
+
+def test_member_dropout_keeps_one_minus_p_per_member():
+    torch.manual_seed(0)
+    p = torch.tensor([0.0, 0.2, 0.5, 0.9])
+    H = torch.ones(4, 500, 200)
+    out = member_dropout(H, p)
+    kept = (out != 0).float().mean(dim=(1, 2))
+    assert torch.equal(out[0], H[0])  # p = 0 keeps every unit
+    assert kept.tolist() == pytest.approx((1 - p).tolist(), abs=0.01)
+    assert out.mean(dim=(1, 2)).tolist() == pytest.approx([1.0] * 4, abs=0.03)  # E[dropout(H)] = H
+
+
+def test_dropout_members_agree_with_single_runs(make_cfg, tiny_fashion_root):
+    """Mean test accuracy over 5 seeds, stacked vs alone (the masks differ, so only statistically)."""
+    base = ["+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=32", "model.hidden2=32"]
+    base += ["model.init=default", "data.batch_size=20", "trainer.epochs=8", "optim.lr=0.5"]
+    members = [base + [f"seed={s}"] for s in range(5)]
+    got = stacked(make_cfg, members)
+    alone = [single(make_cfg, m) for m in members]
+    mean = lambda runs: 100 * sum(r["test_acc"] for r in runs) / len(runs)  # noqa: E731
+    assert abs(mean(got) - mean(alone)) <= 0.5
+    assert all(r["status"] == "completed" for r in got)
+
+
+def event_tags(job_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(job_dir)).Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def strip_launcher(hydra_yaml: Path) -> dict:
+    """hydra.yaml without what names the launcher or the sweep dir."""
+    h = OmegaConf.to_container(OmegaConf.load(hydra_yaml))["hydra"]
+    for key in ("launcher", "sweep"):
+        h.pop(key)
+    h["runtime"].pop("output_dir")
+    h["runtime"]["choices"].pop("hydra/launcher")
+    h["overrides"]["hydra"] = [
+        o for o in h["overrides"]["hydra"] if not o.startswith(("hydra/launcher", "hydra.sweep.dir", "hydra.launcher"))
+    ]
+    return h
+
+
+@pytest.mark.slow
+def test_sweep_leaves_what_the_basic_launcher_leaves(tmp_path):
+    sweep = ["-m", "+experiment=weight_decay", "trainer.epochs=4", "reg=l1,l2", "reg.lambd=0,1.5", "seed=0,1"]
+    run_train([*sweep, f"hydra.sweep.dir={tmp_path / 'basic'}"], cwd=tmp_path)
+    vec = tmp_path / "vectorized"
+    args = [*sweep, f"hydra.sweep.dir={vec}", "hydra/launcher=vectorized", "hydra.launcher.max_members=3"]
+    proc = run_train(args, cwd=tmp_path)
+    assert "4 vectorized group(s)" in proc.stdout + proc.stderr  # {l1, l2} × ⌈4 / 3⌉
+    names = sorted(p.name for p in (tmp_path / "basic").iterdir() if p.is_dir())
+    assert len(names) == 8 and names == sorted(p.name for p in vec.iterdir() if p.is_dir())
+    for name in names:
+        b, v = tmp_path / "basic" / name, vec / name
+        for f in ("config.yaml", "overrides.yaml"):
+            assert (v / ".hydra" / f).read_text() == (b / ".hydra" / f).read_text()
+        assert strip_launcher(v / ".hydra" / "hydra.yaml") == strip_launcher(b / ".hydra" / "hydra.yaml")
+        got, want = (json.loads((d / "metrics.json").read_text()) for d in (v, b))
+        assert_same_run(got, want)
+        tags_v, tags_b = event_tags(v), event_tags(b)
+        assert tags_v.keys() == tags_b.keys()
+        for tag, points in tags_b.items():
+            assert [s for s, _ in tags_v[tag]] == [s for s, _ in points]
+            assert all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-7) for (_, x), (_, y) in zip(tags_v[tag], points, strict=True))
+    assert (vec / "summary.csv").exists()
+    # Rerun into the same dir: every job is complete, so nothing trains again.
+    before = {n: (vec / n / "metrics.json").stat().st_mtime_ns for n in names}
+    proc = run_train(args, cwd=tmp_path)
+    assert "0 jobs as 0 vectorized group(s)" in proc.stdout + proc.stderr
+    assert before == {n: (vec / n / "metrics.json").stat().st_mtime_ns for n in names}
