@@ -109,6 +109,7 @@ class OptimConfig:
 class TrainerConfig:
     epochs: int = 100
     eval_every: int = 1
+    deterministic: bool = False
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     device: str = "auto"
+    resume: bool = True
 
 
 IMPLS = {Penalty.none: (None,), Penalty.l2: ("penalty", "weight_decay"), Penalty.l1: ("subgradient", "proximal")}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import time
 import traceback
@@ -16,7 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from regularization.config import impl_of, resolve_device, validate
+from regularization.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_states
+from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model, penalized_params
@@ -38,6 +41,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """torch's deterministic algorithms, for bitwise-repeatable GPU runs; cuBLAS needs a fixed workspace for them."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
 
 
 def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty) -> torch.optim.Optimizer:
@@ -109,31 +119,66 @@ def evaluate_all(model: nn.Module, data: Dataset, penalty: WeightPenalty, object
     return metrics
 
 
-def fit(cfg: DictConfig, data: Dataset, model: nn.Module, logger: RunLogger) -> dict:
+def fit(
+    cfg: DictConfig,
+    data: Dataset,
+    model: nn.Module,
+    logger: RunLogger,
+    checkpoint: Path | None = None,
+    resume_from: dict | None = None,
+) -> dict:
     """Train for cfg.trainer.epochs; evaluate every eval_every epochs and at the end.
 
-    Stops at the first epoch whose objective is not finite, with status ``diverged``.
+    After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved, so
+    ``resume_from`` (a loaded checkpoint) continues exactly where it stopped. Stops at the first epoch
+    whose objective is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
+    partial epoch is dropped and the last checkpoint stands).
     """
     penalty = make_penalty(cfg, model)
     optimizer = make_optimizer(cfg, model, penalty)
     generator = torch.Generator(device=data.X_train.device).manual_seed(cfg.seed)
     epochs, every = cfg.trainer.epochs, cfg.trainer.eval_every
-    history: list[dict] = []
+    done, history, wall_s = 0, [], 0.0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        generator.set_state(resume_from["generator"])
+        set_rng_states(resume_from["rng"])
+        done, history, wall_s = resume_from["epoch"], resume_from["history"], resume_from["wall_s"]
+        log.info("resuming from %s after epoch %d", checkpoint, done)
     result: dict = {"status": "completed", "epochs": epochs}
-    for epoch in range(1, epochs + 1):
-        objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator)
-        if not math.isfinite(objective.item()):
-            log.warning("epoch %d: the training objective is not finite; stopping (status diverged)", epoch)
-            result |= {"status": "diverged", "epochs": epoch}
-            break
-        if epoch % every == 0 or epoch == epochs:
-            metrics = evaluate_all(model, data, penalty, objective)
-            logger.log_eval(epoch, metrics)
-            history.append({"epoch": epoch, **metrics})
+    start = time.perf_counter()
+    try:
+        for epoch in range(done + 1, epochs + 1):
+            objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator)
+            if not math.isfinite(objective.item()):
+                log.warning("epoch %d: the training objective is not finite; stopping (status diverged)", epoch)
+                result |= {"status": "diverged", "epochs": epoch}
+                break
+            if epoch % every == 0 or epoch == epochs:
+                metrics = evaluate_all(model, data, penalty, objective)
+                logger.log_eval(epoch, metrics)
+                history.append({"epoch": epoch, **metrics})
+            logger.flush()  # events up to this epoch are on disk before its checkpoint is
+            if checkpoint is not None:
+                state = {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "wall_s": wall_s + time.perf_counter() - start,
+                }
+                save_checkpoint(checkpoint, state, cfg)
+            done = epoch
+    except KeyboardInterrupt:
+        log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
+        result |= {"status": "interrupted", "epochs": done}
     final = history[-1] if history else {}
     result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
     if penalty.kind == "l1":
         result["sparsity"] = final.get("sparsity")
+    result["wall_s"] = wall_s + time.perf_counter() - start
     result["history"] = history
     return result
 
@@ -149,13 +194,15 @@ def preflight(cfg: DictConfig) -> torch.device:
 def run(cfg: DictConfig) -> float:
     """Check, train and write one Hydra job's results; returns the final test loss (NaN if none).
 
-    A job that raises writes status ``failed`` and its traceback into its dir. In a multirun it then
+    A job that raises while training writes status ``failed`` and its traceback into its dir. In a multirun it then
     returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero).
     """
     device = preflight(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg, device, out_dir)
+    except ConfigError:  # a checkpoint that doesn't fit: nothing trained, nothing to record
+        raise
     except Exception:
         (out_dir / "traceback.txt").write_text(traceback.format_exc())
         write_json_atomic(out_dir / "metrics.json", {"status": "failed", "error": traceback.format_exc(limit=0).strip()})
@@ -166,19 +213,37 @@ def run(cfg: DictConfig) -> float:
 
 
 def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
-    """Train one job into out_dir (event files, metrics.json); returns the final test loss."""
+    """Train one job into out_dir (event files, checkpoint, metrics.json); returns the final test loss.
+
+    With ``resume`` (the default), a job whose metrics.json says completed (for as many epochs) is skipped,
+    and one with a checkpoint of the same experiment continues from it (to more epochs, too).
+    Ctrl-C leaves status ``interrupted`` and exits 130.
+    """
+    metrics_path, checkpoint = out_dir / "metrics.json", out_dir / CHECKPOINT
+    resume_from = load_checkpoint(checkpoint, cfg) if cfg.resume and checkpoint.exists() else None
+    if resume_from is not None and resume_from["epoch"] > cfg.trainer.epochs:
+        raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
+    previous = json.loads(metrics_path.read_text()) if cfg.resume and metrics_path.exists() else {}
+    if previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
+        log.info("already completed, skipping: %s", metrics_path)
+        return _final_test_loss(previous)
+    set_deterministic(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
     data = load_data(cfg, device)
     model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
-    logger = RunLogger(out_dir, cfg.trainer.epochs)
-    start = time.perf_counter()
+    # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
+    logger = RunLogger(out_dir, cfg.trainer.epochs, purge_step=resume_from["epoch"] + 1 if resume_from else 1)
     try:
-        result = fit(cfg, data, model, logger)
+        result = fit(cfg, data, model, logger, checkpoint, resume_from)
     finally:
         logger.close()
-    result["wall_s"] = time.perf_counter() - start
-    path = out_dir / "metrics.json"
-    write_json_atomic(path, result)
-    log.info("%s: %s", result["status"], path)
+    write_json_atomic(metrics_path, result)
+    log.info("%s: %s", result["status"], metrics_path)
+    if result["status"] == "interrupted":
+        raise SystemExit(130)
+    return _final_test_loss(result)
+
+
+def _final_test_loss(result: dict) -> float:
     test_loss = result.get("test_loss")
     return test_loss if test_loss is not None else math.nan

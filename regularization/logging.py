@@ -58,8 +58,9 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
 class RunLogger:
     """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``)."""
 
-    def __init__(self, log_dir: Path, epochs: int, console: bool = True) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    def __init__(self, log_dir: Path, epochs: int, console: bool = True, purge_step: int | None = None) -> None:
+        # purge_step: TensorBoard hides events at or after this step written before (by a run that died).
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.epochs = epochs
         self.console = console
 
@@ -70,6 +71,9 @@ class RunLogger:
                 self.writer.add_scalar(tag, value, epoch)
         if self.console:
             log.info("epoch %*d/%d  %s", len(str(self.epochs)), epoch, self.epochs, format_metrics(metrics))
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()

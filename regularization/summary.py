@@ -8,17 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from regularization.logging import log, write_text_atomic
 
 COLUMNS = ["job", "status", "epochs", "train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "sparsity", "wall_s"]
-
-
-class SweepFailed(CompactHydraException):
-    """Raised after the summary is written when some jobs of the sweep failed."""
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -82,7 +77,7 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
 class SweepSummary(Callback):
     """At the end of a multirun: write summary.csv and summary.md into the sweep dir and print the table.
 
-    As a Hydra callback it runs under any launcher. A sweep with failed jobs then exits non-zero.
+    As a Hydra callback it runs under any launcher. A sweep with failed jobs then exits with status 1.
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -90,5 +85,5 @@ class SweepSummary(Callback):
         rows = summarize(sweep_dir)
         log.info("Sweep summary (%s):\n%s", sweep_dir / "summary.md", console_table(rows))
         failed = [r["job"] for r in rows if r["status"] == "failed"]
-        if failed:
-            raise SweepFailed(f"{len(failed)} of {len(rows)} jobs failed ({'; '.join(failed)}): see traceback.txt in their job dirs")
+        if failed:  # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings
+            raise SystemExit(f"{len(failed)} of {len(rows)} jobs failed ({'; '.join(failed)}): see traceback.txt in their job dirs")

@@ -1,0 +1,89 @@
+"""Per-epoch checkpoints: everything a run needs to continue bitwise as if it had never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from regularization.config import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "regularization-checkpoint/1"
+# Keys a run may change between stopping and resuming: where it runs, where the data live, and how long it trains.
+RESUMABLE_KEYS = ("device", "resume", "data.root", "data.download", "trainer.epochs", "trainer.progress")
+
+
+def experiment_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config that defines the experiment: a checkpoint only resumes the same one."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("hydra", None)
+    for key in RESUMABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = container
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return container
+
+
+def rng_states() -> dict[str, Any]:
+    """Python's, numpy's, torch's and every CUDA device's RNG state, in types torch.load(weights_only=True) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], cfg: DictConfig) -> None:
+    """torch.save into a temp file in the same dir, fsync, rename: a crash leaves the old checkpoint or the new one."""
+    state = {"format": FORMAT, "config": json.dumps(experiment_config(cfg), sort_keys=True), "rng": rng_states(), **state}
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
+    """The checkpoint at path, loaded with weights_only=True so that a tampered file cannot run code.
+
+    Raises ConfigError for a file that cannot be read, or that another experiment wrote.
+    """
+    remedy = "Delete it or choose another run dir, or pass resume=false to start over."
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ConfigError(f"Invalid checkpoint: {path} cannot be read as a checkpoint ({type(err).__name__}). {remedy}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"Invalid checkpoint: {path} is not a checkpoint of this harness. {remedy}")
+    theirs, ours = json.loads(state["config"]), experiment_config(cfg)
+    if theirs != ours:
+        differ = sorted(_diff(theirs, ours))
+        raise ConfigError(f"Invalid checkpoint: {path} was written by another experiment (it differs in {', '.join(differ)}). {remedy}")
+    return state
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []

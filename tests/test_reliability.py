@@ -1,0 +1,171 @@
+"""Nothing lost: checkpoints and resume after SIGKILL, Ctrl-C, divergence, failed jobs, sweep resume, determinism."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from regularization.checkpoint import CHECKPOINT
+from regularization.config import ConfigError
+from regularization.engine import preflight, train
+from tests.conftest import ROOT, run_train
+
+
+def final_metrics(job_dir: Path) -> dict:
+    m = json.loads((job_dir / "metrics.json").read_text())
+    m.pop("wall_s")
+    return m
+
+
+def steps(job_dir: Path, tag: str = "loss/test") -> list[int]:
+    acc = EventAccumulator(str(job_dir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+WEIGHT_DECAY_ADAM = ["optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.epochs=1500", "trainer.eval_every=50"]
+
+
+def dropout_tiny(root: Path) -> list[str]:
+    return ["+experiment=dropout", f"data.root={root}", "data.batch_size=32", "trainer.epochs=150", "trainer.eval_every=5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["weight_decay_adam", "dropout_mlp"])
+def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, tiny_fashion_root, case):
+    args = WEIGHT_DECAY_ADAM if case == "weight_decay_adam" else dropout_tiny(tiny_fashion_root)
+    run_train([*args, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
+    killed = tmp_path / "killed"
+    proc = start_train([*args, f"hydra.run.dir={killed}"], tmp_path)
+    wait_for(killed / CHECKPOINT, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()  # it really died mid-training
+    resumed = run_train([*args, f"hydra.run.dir={killed}"], tmp_path)
+    assert "resuming from" in resumed.stdout
+    assert final_metrics(killed) == final_metrics(tmp_path / "straight")  # bitwise: JSON floats round-trip exactly
+    expected = steps(tmp_path / "straight")
+    assert steps(killed) == expected  # the event file continues without duplicate steps
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
+    job = tmp_path / "job"
+    proc = start_train([*WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"], tmp_path)
+    wait_for(job / CHECKPOINT, proc)
+    time.sleep(1.0)  # let it pass a few evaluations
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    m = json.loads((job / "metrics.json").read_text())
+    assert m["status"] == "interrupted"
+    ckpt = torch.load(job / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == m["epochs"] > 0
+    logged = steps(job)
+    assert logged and logged[-1] <= m["epochs"]  # flushed: the evaluations made are in the event file
+
+
+@pytest.mark.slow
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", "optim.lr=0.003,1e5", "trainer.epochs=20", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0
+    diverged = json.loads((sweep / "optim.lr=100000.0,trainer.epochs=20" / "metrics.json").read_text())
+    fine = json.loads((sweep / "optim.lr=0.003,trainer.epochs=20" / "metrics.json").read_text())
+    assert diverged["status"] == "diverged" and 1 <= diverged["epochs"] < 20
+    assert fine["status"] == "completed"
+    assert "diverged" in (sweep / "summary.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_failed_job_does_not_stop_the_sweep(tmp_path, tiny_fashion_root):
+    sweep = tmp_path / "sweep"
+    # 10^11 hidden units cannot be allocated: a real failure inside the job, after its config passed
+    args = ["-m", "+experiment=dropout", f"data.root={tiny_fashion_root}", "trainer.epochs=2", "model.hidden1=100000000000,8"]
+    proc = run_train([*args, f"hydra.sweep.dir={sweep}"], tmp_path, check=False)
+    assert proc.returncode != 0
+    failed, ok = (
+        sweep / "+experiment=dropout,model.hidden1=100000000000,trainer.epochs=2",
+        sweep / "+experiment=dropout,model.hidden1=8,trainer.epochs=2",
+    )
+    assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
+    assert "Traceback" in (failed / "traceback.txt").read_text()
+    assert json.loads((ok / "metrics.json").read_text())["status"] == "completed"
+    summary = (sweep / "summary.csv").read_text()
+    assert "failed" in summary and "completed" in summary
+    assert "1 of 2 jobs failed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "reg.lambd=0,3", "trainer.epochs=1500", "trainer.eval_every=50", f"hydra.sweep.dir={sweep}"]
+    first, second = (sweep / f"reg.lambd={lambd},trainer.epochs=1500,trainer.eval_every=50" for lambd in (0, 3))
+    proc = start_train(args, tmp_path)
+    wait_for(second / CHECKPOINT, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert final_metrics(first)["status"] == "completed" and not (second / "metrics.json").exists()
+    done_first = (first / "metrics.json").read_text()
+    rerun = run_train(args, tmp_path)
+    assert "already completed, skipping" in rerun.stdout and "resuming from" in rerun.stdout
+    assert (first / "metrics.json").read_text() == done_first  # not retrained
+    straight = tmp_path / "straight"
+    run_train(["reg.lambd=3", "trainer.epochs=1500", "trainer.eval_every=50", f"hydra.run.dir={straight}"], tmp_path)
+    assert final_metrics(second) == final_metrics(straight)
+
+
+def test_same_seed_gives_bitwise_identical_metrics(make_cfg, tiny_fashion_root, tmp_path):
+    for overrides in (["trainer.epochs=30"], [*dropout_tiny(tiny_fashion_root)[:3], "trainer.epochs=4"]):
+        a, b = make_cfg(*overrides), make_cfg(*overrides)
+        for cfg in (a, b):
+            train(cfg, preflight(cfg), Path(cfg.hydra.runtime.output_dir))
+        assert final_metrics(Path(a.hydra.runtime.output_dir)) == final_metrics(Path(b.hydra.runtime.output_dir))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "code", "foreign", "not_a_dict"])
+def test_bad_checkpoints_are_refused_before_training(make_cfg, tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    cfg = make_cfg("trainer.epochs=3")
+    job = Path(cfg.hydra.runtime.output_dir)
+    if kind == "foreign":
+        other = make_cfg("trainer.epochs=3", "reg.lambd=1")
+        train(other, preflight(other), job)
+        (job / "metrics.json").unlink()
+    elif kind == "garbage":
+        (job / CHECKPOINT).write_bytes(b"\x00not a checkpoint")
+    elif kind == "code":
+        (job / CHECKPOINT).write_bytes(pickle.dumps({"format": _RunsCode()}))
+    else:
+        torch.save([1, 2, 3], job / CHECKPOINT)
+    with pytest.raises(ConfigError, match="Invalid checkpoint") as info:
+        train(cfg, preflight(cfg), job)
+    assert not (tmp_path / "pwned").exists()
+    if kind == "foreign":
+        assert "reg.lambd" in str(info.value)
