@@ -20,6 +20,7 @@ from regularization.config import impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model, penalized_params
+from regularization.parallel import job_device, set_job_threads
 from regularization.regularizers import WeightPenalty, sparsity, weight_norm
 
 EVAL_BATCH = 8192
@@ -141,18 +142,19 @@ def fit(cfg: DictConfig, data: Dataset, model: nn.Module, logger: RunLogger) -> 
 def preflight(cfg: DictConfig) -> torch.device:
     """Everything checked before training: the config's values, the device and the data."""
     validate(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(job_device(cfg.device))
     check_data(cfg)
     return device
 
 
 def run(cfg: DictConfig) -> float:
-    """Check, train and write one Hydra job's results; returns the final test loss (NaN if none).
+    """Check, train and write one Hydra job's results; returns the final ``optimize_metric`` (NaN if none).
 
     A job that raises writes status ``failed`` and its traceback into its dir. In a multirun it then
     returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero).
     """
     device = preflight(cfg)
+    set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg, device, out_dir)
@@ -166,7 +168,8 @@ def run(cfg: DictConfig) -> float:
 
 
 def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
-    """Train one job into out_dir (event files, metrics.json); returns the final test loss."""
+    """Train one job into out_dir (event files, metrics.json); returns the final ``optimize_metric``,
+    NaN when the run diverged (its last evaluation came before the divergence, so it is no result)."""
     seed_everything(cfg.seed)
     data = load_data(cfg, device)
     model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
@@ -180,5 +183,5 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     path = out_dir / "metrics.json"
     write_json_atomic(path, result)
     log.info("%s: %s", result["status"], path)
-    test_loss = result.get("test_loss")
-    return test_loss if test_loss is not None else math.nan
+    value = result.get(cfg.optimize_metric)
+    return value if value is not None and result["status"] == "completed" else math.nan
