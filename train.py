@@ -1,5 +1,7 @@
 """Train one job, or a sweep with -m: python train.py -m reg.lambd=0,3"""
 
+import math
+
 import hydra
 from omegaconf import DictConfig
 
@@ -7,8 +9,11 @@ import regularization
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    return regularization.run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    value = regularization.run(cfg)
+    # A failed or diverged job has no value (NaN). Optuna's sweeper crashes on a NaN but records
+    # a value that is not a float, None, as a failed trial and goes on with the study.
+    return value if math.isfinite(value) else None
 
 
 if __name__ == "__main__":

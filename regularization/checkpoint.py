@@ -18,7 +18,16 @@ from regularization.config import ConfigError
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "regularization-checkpoint/1"
 # Keys a run may change between stopping and resuming: where it runs, where the data live, and how long it trains.
-RESUMABLE_KEYS = ("device", "resume", "data.root", "data.download", "trainer.epochs", "trainer.progress")
+RESUMABLE_KEYS = (
+    "device",
+    "resume",
+    "data.root",
+    "data.download",
+    "trainer.epochs",
+    "trainer.progress",
+    "optimize_metric",
+    "optimize_direction",
+)
 
 
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:

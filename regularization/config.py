@@ -34,6 +34,13 @@ class Penalty(Enum):
     l1 = "l1"
 
 
+class Direction(Enum):
+    """Whether a hyperparameter search (hydra/sweeper=optuna) minimizes or maximizes ``optimize_metric``."""
+
+    minimize = "minimize"
+    maximize = "maximize"
+
+
 class DropoutKind(Enum):
     scratch = "scratch"  # the package's own inverted dropout (regularizers.dropout_layer)
     builtin = "builtin"  # torch.nn.Dropout
@@ -122,10 +129,14 @@ class Config:
     seed: int = 0
     device: str = "auto"
     resume: bool = True
+    optimize_metric: str = "test_loss"  # the final metric train.py returns to a sweeper (METRICS)
+    optimize_direction: Direction = Direction.minimize
 
 
 IMPLS = {Penalty.none: (None,), Penalty.l2: ("penalty", "weight_decay"), Penalty.l1: ("subgradient", "proximal")}
 OPTIMIZERS = ("sgd", "adam")
+# Final metrics of metrics.json that a search can optimize. Accuracies need classification data, sparsity an L1 penalty.
+METRICS = ("test_loss", "train_loss", "test_acc", "train_acc", "weight_l2_norm", "sparsity")
 
 
 def register_configs() -> None:
@@ -168,6 +179,16 @@ def validate(cfg: DictConfig) -> None:
         for key in ("n_train", "n_test", "num_inputs"):
             _require(cfg.data[key] >= 1, f"data.{key}", f"must be >= 1, got {cfg.data[key]}")
         _require(cfg.data.noise >= 0, "data.noise", f"must be >= 0, got {cfg.data.noise}")
+    _validate_metric(cfg)
+
+
+def _validate_metric(cfg: DictConfig) -> None:
+    metric = cfg.optimize_metric
+    _require(metric in METRICS, "optimize_metric", f"got {metric!r}, allowed: {', '.join(METRICS)}")
+    if metric.endswith("_acc"):
+        _require(cfg.data.name != "synthetic", "optimize_metric", f"{metric} needs classification data; synthetic is regression")
+    if metric == "sparsity":
+        _require(cfg.reg.penalty is Penalty.l1, "optimize_metric", "sparsity is measured only under an L1 penalty (reg=l1)")
 
 
 def _validate_reg(cfg: DictConfig) -> None:

@@ -23,6 +23,7 @@ from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model, penalized_params
+from regularization.parallel import job_device, set_job_threads
 from regularization.regularizers import WeightPenalty, sparsity, weight_norm
 
 EVAL_BATCH = 8192
@@ -186,18 +187,19 @@ def fit(
 def preflight(cfg: DictConfig) -> torch.device:
     """Everything checked before training: the config's values, the device and the data."""
     validate(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(job_device(cfg.device))
     check_data(cfg)
     return device
 
 
 def run(cfg: DictConfig) -> float:
-    """Check, train and write one Hydra job's results; returns the final test loss (NaN if none).
+    """Check, train and write one Hydra job's results; returns the final ``optimize_metric`` (NaN if none).
 
-    A job that raises while training writes status ``failed`` and its traceback into its dir. In a multirun it then
-    returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero).
+    A job that raises while training writes status ``failed`` and its traceback into its dir. In a multirun
+    it then returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero).
     """
     device = preflight(cfg)
+    set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg, device, out_dir)
@@ -213,7 +215,8 @@ def run(cfg: DictConfig) -> float:
 
 
 def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
-    """Train one job into out_dir (event files, checkpoint, metrics.json); returns the final test loss.
+    """Train one job into out_dir (event files, checkpoint, metrics.json); returns the final ``optimize_metric``,
+    NaN unless the run completed (a diverged run's last evaluation came before the divergence: no result).
 
     With ``resume`` (the default), a job whose metrics.json says completed (for as many epochs) is skipped,
     and one with a checkpoint of the same experiment continues from it (to more epochs, too).
@@ -226,7 +229,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     previous = json.loads(metrics_path.read_text()) if cfg.resume and metrics_path.exists() else {}
     if previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
         log.info("already completed, skipping: %s", metrics_path)
-        return _final_test_loss(previous)
+        return final_metric(previous, cfg.optimize_metric)
     set_deterministic(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
     data = load_data(cfg, device)
@@ -241,9 +244,10 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
         raise SystemExit(130)
-    return _final_test_loss(result)
+    return final_metric(result, cfg.optimize_metric)
 
 
-def _final_test_loss(result: dict) -> float:
-    test_loss = result.get("test_loss")
-    return test_loss if test_loss is not None else math.nan
+def final_metric(result: dict, name: str) -> float:
+    """The value a sweeper optimizes: the named final metric of a completed run, else NaN."""
+    value = result.get(name)
+    return value if value is not None and result["status"] == "completed" else math.nan

@@ -1,0 +1,73 @@
+"""Jobs that run side by side: which GPU each one takes, and how many CPU threads.
+
+Hydra's joblib and submitit launchers run a sweep's jobs as separate processes, several at once.
+Left alone, every one of them would pick cuda:0 and start as many torch threads as the machine has
+cores. Here job k of a sweep (``hydra.job.num``) takes GPU k mod N, and torch's threads are cut to
+the job's share of the cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from regularization.logging import log
+
+
+def gpu_for_job(job_num: int, n_gpus: int) -> str:
+    """The device ``auto`` means for job k: cuda:(k mod N) with N > 1 GPUs, cuda with one, cpu with none."""
+    if n_gpus == 0:
+        return "cpu"
+    return f"cuda:{job_num % n_gpus}" if n_gpus > 1 else "cuda"
+
+
+def job_device(name: str) -> str:
+    """``device`` for this Hydra job: ``auto`` spreads a sweep's jobs over the visible GPUs, other names stay."""
+    if name != "auto":
+        return name
+    job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if HydraConfig.initialized() else 0
+    return gpu_for_job(job_num or 0, torch.cuda.device_count())
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity mask, which SLURM and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def concurrent_jobs(n_jobs: int | None, n_cpus: int) -> int:
+    """How many jobs joblib runs at once for ``n_jobs``: n if n > 0, else n_cpus + 1 + n (−1: all cores)."""
+    if not n_jobs:
+        return 1
+    return n_jobs if n_jobs > 0 else max(1, n_cpus + 1 + n_jobs)
+
+
+def threads_per_job(n_cpus: int, n_concurrent: int) -> int:
+    """Each of n_concurrent jobs gets ⌊n_cpus / n_concurrent⌋ threads, at least one."""
+    return max(1, n_cpus // max(1, n_concurrent))
+
+
+def launcher_threads(launcher: DictConfig, n_cpus: int) -> int | None:
+    """Torch threads per job under this Hydra launcher config, or None to keep torch's default.
+
+    joblib: the cores shared among the jobs it runs at once; submitit: ``cpus_per_task`` when set
+    (SLURM's allocation for the job, also honoured by submitit_local's concurrent jobs).
+    """
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        return threads_per_job(n_cpus, concurrent_jobs(launcher.get("n_jobs"), n_cpus))
+    if ".hydra_submitit_launcher." in target and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def set_job_threads() -> None:
+    """Cut torch's intra-op threads to this job's share of the cores when jobs run side by side."""
+    if not HydraConfig.initialized():
+        return
+    threads = launcher_threads(HydraConfig.get().launcher, available_cpus())
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("%d torch thread(s) for this job (jobs run in parallel)", threads)
+        torch.set_num_threads(threads)
