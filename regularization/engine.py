@@ -132,7 +132,7 @@ def fit(
 
     After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved, so
     ``resume_from`` (a loaded checkpoint) continues exactly where it stopped. Stops at the first epoch
-    whose objective is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
+    whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
     partial epoch is dropped and the last checkpoint stands).
     """
     penalty = make_penalty(cfg, model)
@@ -152,14 +152,16 @@ def fit(
     try:
         for epoch in range(done + 1, epochs + 1):
             objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator)
-            if not math.isfinite(objective.item()):
-                log.warning("epoch %d: the training objective is not finite; stopping (status diverged)", epoch)
-                result |= {"status": "diverged", "epochs": epoch}
-                break
-            if epoch % every == 0 or epoch == epochs:
+            finite = math.isfinite(objective.item())
+            if finite and (epoch % every == 0 or epoch == epochs):
                 metrics = evaluate_all(model, data, penalty, objective)
                 logger.log_eval(epoch, metrics)
                 history.append({"epoch": epoch, **metrics})
+                finite = math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
+            if not finite:
+                log.warning("epoch %d: the loss is not finite; stopping (status diverged)", epoch)
+                result |= {"status": "diverged", "epochs": epoch}
+                break
             logger.flush()  # events up to this epoch are on disk before its checkpoint is
             if checkpoint is not None:
                 state = {
