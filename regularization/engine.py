@@ -20,7 +20,7 @@ from regularization.config import impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model, penalized_params
-from regularization.regularizers import WeightPenalty, sparsity, weight_norm
+from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 
 EVAL_BATCH = 8192
 
@@ -44,7 +44,7 @@ def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty) ->
     groups = penalty.param_groups(list(model.parameters()))
     if cfg.optim.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.optim.lr)
-    return torch.optim.SGD(groups, lr=cfg.optim.lr)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.get("momentum", 0.0), nesterov=cfg.optim.get("nesterov", False))
 
 
 def make_penalty(cfg: DictConfig, model: nn.Module) -> WeightPenalty:
@@ -59,8 +59,12 @@ def train_epoch(
     penalty: WeightPenalty,
     batch_size: int,
     generator: torch.Generator,
+    max_norm: float | None = None,
 ) -> torch.Tensor:
-    """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device."""
+    """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device.
+
+    With ``max_norm`` = c, every step ends by projecting each unit's incoming weights onto ‖w_j‖₂ ≤ c.
+    """
     model.train()
     loss = loss_fn(data)
     lr = optimizer.param_groups[0]["lr"]
@@ -71,6 +75,8 @@ def train_epoch(
         (data_loss + penalty.loss_term()).backward()
         optimizer.step()
         penalty.after_step(lr)
+        if max_norm is not None:
+            max_norm_linear_(model, max_norm)
         with torch.no_grad():
             total += (data_loss + penalty.value()) * len(idx)
     return total / len(data.X_train)
@@ -121,7 +127,7 @@ def fit(cfg: DictConfig, data: Dataset, model: nn.Module, logger: RunLogger) -> 
     history: list[dict] = []
     result: dict = {"status": "completed", "epochs": epochs}
     for epoch in range(1, epochs + 1):
-        objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator)
+        objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm)
         if not math.isfinite(objective.item()):
             log.warning("epoch %d: the training objective is not finite; stopping (status diverged)", epoch)
             result |= {"status": "diverged", "epochs": epoch}
