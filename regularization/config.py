@@ -42,8 +42,13 @@ class Direction(Enum):
 
 
 class DropoutKind(Enum):
-    scratch = "scratch"  # the package's own inverted dropout (regularizers.dropout_layer)
+    scratch = "scratch"  # the package's own dropout (regularizers.Dropout), inverted or standard
     builtin = "builtin"  # torch.nn.Dropout
+
+
+class DropoutStyle(Enum):
+    inverted = "inverted"  # training scales kept units by 1/(1−p); evaluation is the identity
+    standard = "standard"  # training keeps units unscaled; evaluation multiplies by (1−p)
 
 
 @dataclass
@@ -70,6 +75,8 @@ class RegConfig:
     # l2: penalty | weight_decay; l1: subgradient | proximal. null: the from-scratch one.
     impl: str | None = None
     penalize_bias: bool = False
+    # null: off. c > 0: after every optimizer step each unit's incoming weight vector is rescaled to ‖w‖₂ ≤ c.
+    max_norm: float | None = None
 
 
 @dataclass
@@ -80,6 +87,8 @@ class DropoutRegConfig(RegConfig):
     dropout: DropoutKind = DropoutKind.scratch
     dropout1: float = 0.2
     dropout2: float = 0.5
+    input_dropout: float = 0.0  # dropout on the MLP's inputs, before the first Linear
+    dropout_style: DropoutStyle = DropoutStyle.inverted  # standard needs dropout=scratch: nn.Dropout is inverted only
 
 
 @dataclass
@@ -110,6 +119,16 @@ class FashionMNISTConfig(DataConfig):
 class OptimConfig:
     name: str = MISSING
     lr: float = MISSING
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    """SGD, with heavy-ball or Nesterov momentum. Adam has no such keys, so ``optim=adam optim.momentum=…`` is an unknown key."""
+
+    name: str = "sgd"
+    lr: float = 0.003
+    momentum: float = 0.0
+    nesterov: bool = False
 
 
 @dataclass
@@ -151,6 +170,7 @@ def register_configs() -> None:
     cs.store(group="data", name="base_synthetic", node=SyntheticConfig)
     cs.store(group="data", name="base_fashion_mnist", node=FashionMNISTConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
+    cs.store(group="optim", name="base_sgd", node=SGDConfig)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -168,6 +188,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_reg(cfg)
     _require(cfg.optim.name in OPTIMIZERS, "optim.name", f"got {cfg.optim.name!r}, allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    _validate_momentum(cfg.optim)
     _require(cfg.trainer.epochs >= 1, "trainer.epochs", f"must be >= 1, got {cfg.trainer.epochs}")
     _require(cfg.trainer.eval_every >= 1, "trainer.eval_every", f"must be >= 1, got {cfg.trainer.eval_every}")
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
@@ -197,6 +218,7 @@ def _validate_reg(cfg: DictConfig) -> None:
     if reg.name in ("none", "l1", "l2"):
         penalty = reg.penalty.value
         _require(penalty == reg.name, "reg.penalty", f"is {penalty} but reg={reg.name}; choose reg={penalty}")
+    _require(reg.max_norm is None or reg.max_norm > 0, "reg.max_norm", f"must be > 0, or null for off; got {reg.max_norm}")
     allowed = IMPLS[reg.penalty]
     if reg.penalty is Penalty.none:
         _require(reg.lambd == 0, "reg.lambd", "has no effect without a penalty: use reg=l2 or reg=l1, or set reg.penalty")
@@ -205,9 +227,20 @@ def _validate_reg(cfg: DictConfig) -> None:
         message = f"got {reg.impl!r}, allowed for {reg.penalty.value}: {', '.join(allowed)}"
         _require(reg.impl is None or reg.impl in allowed, "reg.impl", message)
     if "dropout" in reg:
-        for key in ("dropout1", "dropout2"):
+        for key in ("dropout1", "dropout2", "input_dropout"):
             _require(0 <= reg[key] < 1, f"reg.{key}", f"must be in [0, 1), got {reg[key]}")
+        standard = reg.dropout_style is DropoutStyle.standard
+        message = "standard needs reg=dropout_scratch (reg.dropout=scratch): nn.Dropout is inverted only"
+        _require(not (standard and reg.dropout is DropoutKind.builtin), "reg.dropout_style", message)
         _require(cfg.model.name == "mlp", "reg", f"dropout ({reg.name}) needs hidden layers: use model=mlp, not model={cfg.model.name}")
+
+
+def _validate_momentum(optim: DictConfig) -> None:
+    momentum, nesterov = optim.get("momentum", 0.0), optim.get("nesterov", False)
+    if optim.name != "sgd":
+        _require(momentum == 0 and not nesterov, "optim.momentum", f"and optim.nesterov are for sgd only, not optim.name={optim.name}")
+    _require(0 <= momentum < 1, "optim.momentum", f"must be in [0, 1), got {momentum}")
+    _require(not nesterov or momentum > 0, "optim.nesterov", f"needs optim.momentum > 0 (in (0, 1)), got optim.momentum={momentum}")
 
 
 def resolve_device(name: str) -> torch.device:

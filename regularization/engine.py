@@ -24,7 +24,7 @@ from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model, penalized_params
 from regularization.parallel import job_device, set_job_threads
-from regularization.regularizers import WeightPenalty, sparsity, weight_norm
+from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 
 EVAL_BATCH = 8192
 
@@ -55,7 +55,7 @@ def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty) ->
     groups = penalty.param_groups(list(model.parameters()))
     if cfg.optim.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.optim.lr)
-    return torch.optim.SGD(groups, lr=cfg.optim.lr)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.get("momentum", 0.0), nesterov=cfg.optim.get("nesterov", False))
 
 
 def make_penalty(cfg: DictConfig, model: nn.Module) -> WeightPenalty:
@@ -70,8 +70,12 @@ def train_epoch(
     penalty: WeightPenalty,
     batch_size: int,
     generator: torch.Generator,
+    max_norm: float | None = None,
 ) -> torch.Tensor:
-    """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device."""
+    """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device.
+
+    With ``max_norm`` = c, every step ends by projecting each unit's incoming weights onto ‖w_j‖₂ ≤ c.
+    """
     model.train()
     loss = loss_fn(data)
     lr = optimizer.param_groups[0]["lr"]
@@ -82,6 +86,8 @@ def train_epoch(
         (data_loss + penalty.loss_term()).backward()
         optimizer.step()
         penalty.after_step(lr)
+        if max_norm is not None:
+            max_norm_linear_(model, max_norm)
         with torch.no_grad():
             total += (data_loss + penalty.value()) * len(idx)
     return total / len(data.X_train)
@@ -151,7 +157,7 @@ def fit(
     start = time.perf_counter()
     try:
         for epoch in range(done + 1, epochs + 1):
-            objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator)
+            objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm)
             finite = math.isfinite(objective.item())
             if finite and (epoch % every == 0 or epoch == epochs):
                 metrics = evaluate_all(model, data, penalty, objective)

@@ -6,16 +6,16 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from regularization.config import DropoutKind, Init
+from regularization.config import DropoutKind, DropoutStyle, Init
 from regularization.regularizers import Dropout
 
 
-def dropout_module(kind: DropoutKind, p: float) -> nn.Module:
-    return Dropout(p) if kind is DropoutKind.scratch else nn.Dropout(p)
+def dropout_module(kind: DropoutKind, p: float, style: DropoutStyle = DropoutStyle.inverted) -> nn.Module:
+    return Dropout(p, style) if kind is DropoutKind.scratch else nn.Dropout(p)
 
 
 class MLP(nn.Module):
-    """inputs → Linear → ReLU → dropout(p1) → Linear → ReLU → dropout(p2) → Linear → outputs."""
+    """inputs → dropout(p0) → Linear → ReLU → dropout(p1) → Linear → ReLU → dropout(p2) → Linear → outputs."""
 
     def __init__(
         self,
@@ -26,16 +26,19 @@ class MLP(nn.Module):
         dropout1: float = 0.0,
         dropout2: float = 0.0,
         dropout: DropoutKind = DropoutKind.scratch,
+        input_dropout: float = 0.0,
+        style: DropoutStyle = DropoutStyle.inverted,
     ) -> None:
         super().__init__()
+        self.drop0 = dropout_module(dropout, input_dropout, style)
         self.lin1 = nn.Linear(num_inputs, hidden1)
-        self.drop1 = dropout_module(dropout, dropout1)
+        self.drop1 = dropout_module(dropout, dropout1, style)
         self.lin2 = nn.Linear(hidden1, hidden2)
-        self.drop2 = dropout_module(dropout, dropout2)
+        self.drop2 = dropout_module(dropout, dropout2, style)
         self.lin3 = nn.Linear(hidden2, num_outputs)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        H1 = self.drop1(torch.relu(self.lin1(X.flatten(1))))
+        H1 = self.drop1(torch.relu(self.lin1(self.drop0(X.flatten(1)))))
         H2 = self.drop2(torch.relu(self.lin2(H1)))
         return self.lin3(H2)
 
@@ -62,6 +65,8 @@ def build_model(cfg: DictConfig, num_inputs: int, num_outputs: int) -> nn.Module
             reg.get("dropout1", 0.0),
             reg.get("dropout2", 0.0),
             reg.get("dropout", DropoutKind.scratch),
+            reg.get("input_dropout", 0.0),
+            reg.get("dropout_style", DropoutStyle.inverted),
         )
     if cfg.model.init is Init.normal:
         init_normal_(model, cfg.model.init_std)

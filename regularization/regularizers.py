@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from regularization.config import DropoutStyle
+
 Params = Iterable[torch.Tensor]
 
 
@@ -50,22 +52,56 @@ def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
         return torch.zeros_like(X)
     if p == 0:
         return X
+    return standard_dropout_layer(X, p) / (1 - p)
+
+
+def standard_dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
+    """Standard (non-inverted) dropout in training: zero each unit with probability p, keep the rest unscaled,
+
+    so that E[standard_dropout_layer(X, p)] = (1−p)·X; evaluation multiplies by (1−p) to match.
+    """
+    if p == 0:
+        return X
     mask = torch.rand_like(X) > p
-    return X * mask / (1 - p)
+    return X * mask
 
 
 class Dropout(nn.Module):
-    """``dropout_layer`` as a module: active in training mode only, the identity in eval mode."""
+    """Dropout as a module, active in training mode only. At evaluation, E[training output] is matched:
 
-    def __init__(self, p: float) -> None:
+    - ``inverted`` (default): training computes ``dropout_layer``; evaluation is the identity.
+    - ``standard``: training computes ``standard_dropout_layer``; evaluation returns (1−p)·X.
+    """
+
+    def __init__(self, p: float, style: DropoutStyle = DropoutStyle.inverted) -> None:
         super().__init__()
-        self.p = p
+        self.p, self.style = p, style
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return dropout_layer(X, self.p) if self.training else X
+        inverted = self.style is DropoutStyle.inverted
+        if self.training:
+            return dropout_layer(X, self.p) if inverted else standard_dropout_layer(X, self.p)
+        return X if inverted else X * (1 - self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, style={self.style.value}"
+
+
+@torch.no_grad()
+def max_norm_(weight: torch.Tensor, c: float) -> None:
+    """w_j ← w_j·min(1, c/‖w_j‖₂) for every row j of a Linear weight, i.e. unit j's incoming weights.
+
+    Rows already within the ball ‖w_j‖₂ ≤ c are left exactly as they are (the factor is 1).
+    """
+    factor = (c / weight.norm(dim=1, keepdim=True)).clamp_(max=1.0)  # a zero row gives c/0 = inf → 1
+    weight.mul_(factor)
+
+
+def max_norm_linear_(model: nn.Module, c: float) -> None:
+    """``max_norm_`` on every nn.Linear's weight (hidden and output units alike; biases are not constrained)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            max_norm_(m.weight, c)
 
 
 class WeightPenalty:
