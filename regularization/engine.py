@@ -6,8 +6,12 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block has finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def set_deterministic(on: bool) -> None:
@@ -126,6 +143,20 @@ def evaluate_all(model: nn.Module, data: Dataset, penalty: WeightPenalty, object
     return metrics
 
 
+def training_state(
+    epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, history: list[dict], wall_s: float
+) -> dict:
+    """What a checkpoint holds besides the RNG states and the config (checkpoint.save_checkpoint adds those)."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "history": history,
+        "wall_s": wall_s,
+    }
+
+
 def fit(
     cfg: DictConfig,
     data: Dataset,
@@ -169,17 +200,11 @@ def fit(
                 result |= {"status": "diverged", "epochs": epoch}
                 break
             logger.flush()  # events up to this epoch are on disk before its checkpoint is
-            if checkpoint is not None:
-                state = {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "history": history,
-                    "wall_s": wall_s + time.perf_counter() - start,
-                }
-                save_checkpoint(checkpoint, state, cfg)
-            done = epoch
+            with sigint_deferred():  # the checkpoint on disk and `done` stay in step
+                if checkpoint is not None:
+                    elapsed = wall_s + time.perf_counter() - start
+                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
+                done = epoch
     except KeyboardInterrupt:
         log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
         result |= {"status": "interrupted", "epochs": done}
