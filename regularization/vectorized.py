@@ -86,11 +86,12 @@ def member_dropout(H: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 class StackedNet:
-    """K copies of a Linear or MLP: x → [Linear → ReLU → dropout]* → Linear, with W: [K, in, out], b: [K, 1, out]."""
+    """K copies of a Linear or MLP: x → [Linear → ReLU → dropout]* → Linear, with W: [K, out, in] (nn.Linear's
+    layout, stacked) and b: [K, 1, out]."""
 
     def __init__(self, models: list[nn.Module], rates: list[torch.Tensor]) -> None:
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
-        self.weights = [torch.stack([lin.weight.detach().T for lin in layer]).contiguous().requires_grad_() for layer in layers]
+        self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.rates = rates  # one [K] dropout rate per hidden layer (an empty list for the linear model)
 
@@ -101,12 +102,22 @@ class StackedNet:
         """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
         H = X
         for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            H = torch.baddbmm(b, H, W) if H.dim() == 3 else torch.matmul(H, W) + b
+            H = torch.baddbmm(b, H, W.transpose(1, 2)) if H.dim() == 3 else shared_linear(H, W, b)
             if i < len(self.weights) - 1:
                 H = torch.relu(H)
                 if train and bool(self.rates[i].any()):
                     H = member_dropout(H, self.rates[i])
         return H
+
+
+def shared_linear(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Every member's layer on the same inputs as one GEMM: X @ [W_1 | … | W_K]ᵀ + b, [B, d] → [K, B, out].
+
+    One [B, d] × [d, K·out] product (and one for ∂W in the backward pass) runs closer to the BLAS peak
+    than K products of [B, d] × [d, out], and X is not copied K times.
+    """
+    K, out, d = W.shape
+    return F.linear(X, W.view(K * out, d), b.view(K * out)).view(-1, K, out).transpose(0, 1)
 
 
 class StackedPenalty:
