@@ -8,6 +8,10 @@
 (c) a 4×4 dropout1 × dropout2 sweep on Fashion-MNIST, 2 epochs: basic against vectorized;
 (d) the harness epoch's FLOP rate (forward + backward matmuls) as a share of a large sgemm's, timed here.
 
+For (a) and (c) it also reports the floor: the matmul FLOPs at the sgemm rate, the least time any code can take.
+Both sweeps run through train.py's Hydra app in this process, with the same torch thread count; the basic
+launcher's jobs do what a user's do (preflight, per-epoch checkpoints, event files, metrics.json).
+
 Prints a table and writes outputs/bench/bench-<time>.json. Run: python scripts/bench.py [--quick] [--threads N]
 """
 
@@ -111,10 +115,18 @@ def harness_epoch_fn(device: torch.device) -> Callable[[], None]:
     return lambda: train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator).item()
 
 
-def mlp_epoch_flops(n: int = 60000, sizes: tuple[int, ...] = (784, 256, 256, 10)) -> float:
+MLP = (784, 256, 256, 10)
+
+
+def mlp_epoch_flops(n: int = 60000, sizes: tuple[int, ...] = MLP) -> float:
     """Forward 2·n·in·out per layer; backward 2·n·in·out for ∂W and again for ∂X (not for the first layer's input)."""
     layers = list(zip(sizes, sizes[1:], strict=False))
     return sum(2 * n * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(layers))
+
+
+def mlp_eval_flops(n: int = 70000, sizes: tuple[int, ...] = MLP) -> float:
+    """One evaluation: the forward pass over the train and test sets, 2·n·Σ in·out."""
+    return sum(2 * n * i * o for i, o in zip(sizes, sizes[1:], strict=False))
 
 
 def sgemm_flops(device: torch.device, n: int = 2048) -> float:
@@ -163,11 +175,23 @@ def main() -> None:
     os.chdir(ROOT)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = 2 if args.quick else 3
+    load_before = os.getloadavg()  # other processes' load skews every number: recorded with them
     rows: dict[str, dict] = {}
 
+    peak = sgemm_flops(device)
     chapter = median_time(chapter_epoch_fn(device), repeats, device=device)
     harness = median_time(harness_epoch_fn(device), repeats, device=device)
-    rows["a_epoch"] = {"chapter_s": chapter, "harness_s": harness, "ratio": harness / chapter, "target": "<= 0.35"}
+    # The floor: the epoch's matmuls at the sgemm rate and nothing else; floor / chapter above the target
+    # means no implementation can reach it on this device.
+    floor = mlp_epoch_flops() / peak
+    rows["a_epoch"] = {
+        "chapter_s": chapter,
+        "harness_s": harness,
+        "ratio": harness / chapter,
+        "floor_s": floor,
+        "floor_ratio": floor / chapter,
+        "target": "<= 0.35",
+    }
 
     n_lambda = 16 if args.quick else 64
     step = 10 / n_lambda
@@ -178,16 +202,20 @@ def main() -> None:
     dropout = ["+experiment=dropout", f"reg.dropout1={rates}", f"reg.dropout2={rates}", f"trainer.epochs={epochs}"]
     basic, vec = sweep_ratio("dropout", dropout)
     jobs = len(rates.split(",")) ** 2
+    # The floor of any launcher: every job's training and per-epoch evaluation matmuls at the sgemm rate.
+    floor = jobs * epochs * (mlp_epoch_flops() + mlp_eval_flops()) / peak
     rows["c_dropout_sweep"] = {
         "jobs": jobs,
         "epochs": epochs,
         "basic_s": basic,
         "vectorized_s": vec,
         "speedup": basic / vec,
+        "floor_s": floor,
+        "max_speedup": basic / floor,
         "target": ">= 1.5",
     }
 
-    peak = sgemm_flops(device)
+    peak = max(peak, sgemm_flops(device))  # timed again: the better of two, on a machine others may load
     achieved = mlp_epoch_flops() / harness
     rows["d_matmul_share"] = {"epoch_gflops": achieved / 1e9, "sgemm_gflops": peak / 1e9, "share": achieved / peak, "target": ">= 0.65"}
 
@@ -202,6 +230,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "quick": args.quick,
+        "load_average_before_after": [load_before, os.getloadavg()],
         "results": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,34 @@ def test_sweep_leaves_what_the_basic_launcher_leaves(tmp_path):
     proc = run_train(args, cwd=tmp_path)
     assert "0 jobs as 0 vectorized group(s)" in proc.stdout + proc.stderr
     assert before == {n: (vec / n / "metrics.json").stat().st_mtime_ns for n in names}
+
+
+def test_derived_configs_equal_composed_ones(tmp_path):
+    """SweepComposer composes once per structure and derives the other jobs: every config equals Hydra's own."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from tests.conftest import CONF
+
+    jobs = [
+        ["+experiment=weight_decay", "reg.lambd=0", "seed=1"],
+        ["+experiment=weight_decay", "reg.lambd=2.5", "seed=4"],  # derived
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=2.5", "seed=4"],  # another group choice: composed
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=1", "seed=0"],  # derived from the one above
+        ["+experiment=weight_decay", "reg.lambd=1", "reg.lambd=3", "seed=0"],  # a key twice: composed
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        for overrides in jobs:
+            config, task = composer.compose(overrides)
+            want = loader.load_sweep_config(master, overrides)
+            assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(want)
+            assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml({k: v for k, v in want.items() if k != "hydra"})
+            assert OmegaConf.is_struct(task) and task.reg.lambd == want.reg.lambd
+        assert len(composer.bases) == 3
+    GlobalHydra.instance().clear()

@@ -10,22 +10,20 @@ The launcher runs the harness's training itself (``regularization.engine.preflig
 ``vectorized.train_group``), not the task function: it is this harness's launcher, not a general one.
 """
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from hydra_plugins.regularization_launcher.compose import SweepComposer
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +40,13 @@ ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=Vec
 
 @dataclass
 class Job:
-    """One job of the sweep: its full config (with hydra), the task config, and where it writes."""
+    """One job of the sweep: its full config (with hydra), the task config (without), and where it writes."""
 
     idx: int
     overrides: list[str]
     config: DictConfig
-    task_cfg: DictConfig = field(init=False)
+    task_cfg: DictConfig
+    hydra_cfg: DictConfig = field(init=False)
     out_dir: Path = field(init=False)
 
 
@@ -61,6 +60,9 @@ def completed(out_dir: Path) -> bool:
 
 
 class VectorizedLauncher(Launcher):
+    # The sweeper need not compose and check the jobs: launch() checks every job before any trains.
+    preflights_every_job = True
+
     def __init__(self, max_members: int = 64) -> None:
         super().__init__()
         self.max_members = max_members
@@ -82,8 +84,14 @@ class VectorizedLauncher(Launcher):
             raise ConfigError(f"Invalid config: hydra.launcher.max_members: must be >= 1, got {self.max_members}")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = self.compose_jobs(job_overrides, initial_job_idx)
-        devices = [preflight(job.task_cfg) for job in jobs]  # every job checked before any trains
+        compose = SweepComposer(self.hydra_context.config_loader, self.config)
+        jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose(o))) for i, o in enumerate(job_overrides)]
+        devices = {}
+        for job in jobs:  # every job checked before any trains
+            try:
+                devices[job.idx] = preflight(job.task_cfg)
+            except ConfigError as err:
+                raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(job.overrides)}") from None
         returns: dict[int, JobReturn] = {}
         pending = []
         for job in jobs:
@@ -99,89 +107,55 @@ class VectorizedLauncher(Launcher):
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
-            losses = train_group([j.task_cfg for j in group], [j.out_dir for j in group], devices[jobs.index(group[0])])
+            losses = train_group([j.task_cfg for j in group], [j.out_dir for j in group], devices[group[0].idx])
             for job, loss in zip(group, losses, strict=True):
                 returns[job.idx] = self.finish_job(job, loss)
         return [returns[job.idx] for job in jobs]
 
-    def compose_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Job]:
-        """Each job's config, as ``load_sweep_config`` composes it, with the job dir resolved.
-
-        Composing is slow (tens of ms), so jobs that differ only in stackable values are composed once
-        and the rest are derived from that config: the stackable overrides applied the way Hydra applies
-        them, and hydra.overrides.task and hydra.job.override_dirname rebuilt as Hydra builds them.
-        """
-        from regularization.vectorized import STACKABLE
-
-        assert self.config is not None and self.hydra_context is not None
-        parser = OverridesParser.create()
-        bases: dict[tuple, DictConfig] = {}
-        jobs = []
-        for i, overrides in enumerate(job_overrides):
-            parsed = parser.parse_overrides(list(overrides))
-            stackable = [o.type == OverrideType.CHANGE and o.package is None and o.key_or_group in STACKABLE for o in parsed]
-            stack = [o for o, s in zip(parsed, stackable, strict=True) if s]
-            key = (tuple(o.input_line for o, s in zip(parsed, stackable, strict=True) if not s), tuple(o.key_or_group for o in stack))
-            if key not in bases:
-                bases[key] = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                config = copy.deepcopy(bases[key])
-            else:
-                config = self.derive(bases[key], parsed, stack)
-            with open_dict(config):
-                config.hydra.job.id = config.hydra.job.num = initial_job_idx + i
-            jobs.append(self.place(Job(initial_job_idx + i, list(overrides), config)))
-        return jobs
-
-    def derive(self, base: DictConfig, parsed: list[Override], stack: list[Override]) -> DictConfig:
-        config = copy.deepcopy(base)
-        ConfigLoaderImpl._apply_overrides_to_config(stack, config)
-        task = [o for o in parsed if not o.is_hydra_override()]
-        dirname = config.hydra.job.config.override_dirname
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.overrides.task = [o.input_line for o in task]
-            config.hydra.job.override_dirname = get_overrides_dirname(task, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
-        OmegaConf.copy_cache(from_config=self.config, to_config=config)
-        return config
-
     @staticmethod
     def place(job: Job) -> Job:
-        """The job dir and task config, as hydra.core.utils.run_job resolves them."""
+        """The job's number, dir and task config, and its view of the hydra config, as hydra.core.utils.run_job makes them."""
         config, saved = job.config, HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the dir names
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = job.idx
+        HydraConfig.instance().cfg = config  # for ${hydra:...} in the dir names
         out_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
         HydraConfig.instance().cfg = saved
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = str(out_dir.absolute())
         job.out_dir = out_dir.absolute()
-        job.task_cfg = copy.deepcopy(config)
-        with read_write(job.task_cfg), open_dict(job.task_cfg):
-            del job.task_cfg["hydra"]
+        HydraConfig.instance().set_config(config)  # the masked copy of config.hydra that the job's callbacks see
+        job.hydra_cfg = HydraConfig.instance().cfg
+        HydraConfig.instance().cfg = saved
         return job
 
     def start_job(self, job: Job) -> None:
         """What run_job does before calling the task: the job dir, its .hydra/ files, on_job_start."""
         assert self.hydra_context is not None
         saved = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(job.config)
+        HydraConfig.instance().cfg = job.hydra_cfg
         try:
             job.out_dir.mkdir(parents=True, exist_ok=True)
             if job.config.hydra.output_subdir is not None:
                 hydra_dir = job.out_dir / str(job.config.hydra.output_subdir)
                 _save_config(job.task_cfg, "config.yaml", hydra_dir)
-                _save_config(HydraConfig.instance().cfg, "hydra.yaml", hydra_dir)
+                _save_config(job.hydra_cfg, "hydra.yaml", hydra_dir)
                 _save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
             self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
         finally:
             HydraConfig.instance().cfg = saved
 
     def finish_job(self, job: Job, test_loss: float | None) -> JobReturn:
-        """The JobReturn that run_job returns for this job (its return value: the final test loss, as engine.run's)."""
+        """The JobReturn that run_job returns for this job (its return value: the final test loss, as engine.run's).
+
+        run_job deep-copies the hydra config into it because it reuses HydraConfig's; this job's is its own.
+        """
         assert self.hydra_context is not None
         saved = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(job.config)
+        HydraConfig.instance().cfg = job.hydra_cfg
         try:
             ret = JobReturn(overrides=list(job.config.hydra.overrides.task), cfg=job.task_cfg, working_dir=str(Path.cwd()))
-            ret.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            ret.hydra_cfg = job.hydra_cfg
             ret.return_value = test_loss if test_loss is not None else float("nan")
             ret.status = JobStatus.COMPLETED
             ret.task_name = JobRuntime.instance().get("name")

@@ -22,12 +22,16 @@ class ValidatingSweeper(BasicSweeper):
     """
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from hydra_plugins.regularization_launcher.compose import SweepComposer
         from regularization.config import ConfigError
         from regularization.engine import preflight
 
         assert self.hydra_context is not None and self.config is not None
+        if getattr(self.launcher, "preflights_every_job", False):
+            return  # the launcher composes and checks every job itself, before any trains
+        compose = SweepComposer(self.hydra_context.config_loader, self.config)  # composes once per structure
         for overrides in batch:
             try:
-                preflight(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+                preflight(compose.task(overrides))
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(overrides)}") from None
