@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from regularization.config import impl_of
+from regularization.config import DropoutStyle, impl_of
 from regularization.data import load_data, minibatches
-from regularization.engine import EVAL_BATCH, seed_everything
+from regularization.engine import EVAL_BATCH, final_metric, seed_everything
 from regularization.logging import RunLogger, log, write_json_atomic
 from regularization.models import build_model
 
@@ -76,38 +76,55 @@ def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def member_dropout(H: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Inverted dropout with a rate per member: keep with probability 1 − p_k, scale kept units by 1/(1 − p_k).
+def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True) -> torch.Tensor:
+    """Dropout with a rate per member: keep with probability 1 − p_k, and (inverted) scale kept units by 1/(1 − p_k).
 
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
     keep = torch.rand_like(H) >= bcast(p, H)
-    return H * keep / bcast(1 - p, H)
+    return H * keep / bcast(1 - p, H) if inverted else H * keep
 
 
 class StackedNet:
-    """K copies of a Linear or MLP: x → [Linear → ReLU → dropout]* → Linear, with W: [K, out, in] (nn.Linear's
-    layout, stacked) and b: [K, 1, out]."""
+    """K copies of a Linear or MLP: x → dropout → [Linear → ReLU → dropout]* → Linear, with W: [K, out, in]
+    (nn.Linear's layout, stacked) and b: [K, 1, out].
 
-    def __init__(self, models: list[nn.Module], rates: list[torch.Tensor]) -> None:
+    ``rates`` holds one [K] dropout rate for the inputs and one per hidden layer (empty for the linear model).
+    Standard (non-inverted) dropout scales by (1 − p) at evaluation instead of 1/(1 − p) in training.
+    """
+
+    def __init__(self, models: list[nn.Module], rates: list[torch.Tensor], inverted: bool = True) -> None:
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
         self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
-        self.rates = rates  # one [K] dropout rate per hidden layer (an empty list for the linear model)
+        self.rates, self.inverted = rates, inverted
+
+    def dropout(self, H: torch.Tensor, p: torch.Tensor, train: bool) -> torch.Tensor:
+        if not bool(p.any()):
+            return H
+        if H.dim() == 2:  # inputs shared by all members: each member draws its own mask
+            H = H.expand(len(p), *H.shape)
+        if train:
+            return member_dropout(H, p, self.inverted)
+        return H if self.inverted else H * bcast(1 - p, H)
 
     def parameters(self) -> list[torch.Tensor]:
         return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
 
     def __call__(self, X: torch.Tensor, train: bool) -> torch.Tensor:
         """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
-        H = X
+        H = self.dropout(X, self.rates[0], train) if self.rates else X
         for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             H = torch.baddbmm(b, H, W.transpose(1, 2)) if H.dim() == 3 else shared_linear(H, W, b)
             if i < len(self.weights) - 1:
-                H = torch.relu(H)
-                if train and bool(self.rates[i].any()):
-                    H = member_dropout(H, self.rates[i])
+                H = self.dropout(torch.relu(H), self.rates[i + 1], train)
         return H
+
+    @torch.no_grad()
+    def max_norm_(self, c: float) -> None:
+        """``regularizers.max_norm_linear_`` for every member: each unit's incoming weights onto ‖w_j‖₂ ≤ c."""
+        for W in self.weights:
+            W.mul_((c / W.norm(dim=2, keepdim=True)).clamp_(max=1.0))
 
 
 def shared_linear(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -154,17 +171,19 @@ class StackedPenalty:
 
 
 class StackedOptimizer:
-    """torch.optim's SGD and Adam update rules (no momentum, L2 weight decay added to the gradient), with lr_k per member.
+    """torch.optim's SGD and Adam update rules (L2 weight decay added to the gradient), with lr_k per member.
 
-    SGD: w ← w − lr_k·(g + wd_k·w).  Adam: g ← g + wd_k·w; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
-    w ← w − lr_k/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
+    SGD: g ← g + wd_k·w; with momentum μ, b ← μb + g and g ← b (Nesterov: g ← g + μb); w ← w − lr_k·g.
+    Adam: g ← g + wd_k·w; m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; w ← w − lr_k/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
     """
 
-    def __init__(self, name: str, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: dict[int, torch.Tensor]) -> None:
-        self.name, self.params, self.lr, self.weight_decay = name, params, lr, weight_decay
+    def __init__(self, optim: DictConfig, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: dict[int, torch.Tensor]) -> None:
+        self.name, self.params, self.lr, self.weight_decay = optim.name, params, lr, weight_decay
+        self.momentum, self.nesterov = optim.get("momentum", 0.0), optim.get("nesterov", False)
         self.t = 0
-        self.m = [torch.zeros_like(p) for p in params] if name == "adam" else []
-        self.v = [torch.zeros_like(p) for p in params] if name == "adam" else []
+        adam = self.name == "adam"
+        self.m = [torch.zeros_like(p) for p in params] if adam or self.momentum else []  # Adam's m, or SGD's momentum buffer
+        self.v = [torch.zeros_like(p) for p in params] if adam else []
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -178,6 +197,9 @@ class StackedOptimizer:
             if id(p) in self.weight_decay:
                 g = g + bcast(self.weight_decay[id(p)], p) * p
             if self.name == "sgd":
+                if self.momentum:  # torch starts the buffer at g: μ·0 + g
+                    buf = self.m[i].mul_(self.momentum).add_(g)
+                    g = g + self.momentum * buf if self.nesterov else buf
                 p.sub_(bcast(self.lr, p) * g)
                 continue
             (b1, b2), m, v = ADAM_BETAS, self.m[i], self.v[i]
@@ -259,7 +281,12 @@ def member_losses(y_hat: torch.Tensor, y: torch.Tensor, classification: bool) ->
 
 
 def train_epoch(
-    net: StackedNet, data: StackedData, optimizer: StackedOptimizer, penalty: StackedPenalty, batches: Iterator[torch.Tensor]
+    net: StackedNet,
+    data: StackedData,
+    optimizer: StackedOptimizer,
+    penalty: StackedPenalty,
+    batches: Iterator[torch.Tensor],
+    max_norm: float | None = None,
 ) -> torch.Tensor:
     """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω), [K], on the device."""
     n = data.X_train.shape[-2]
@@ -270,6 +297,8 @@ def train_epoch(
         (data_loss + penalty.loss_term()).sum().backward()
         optimizer.step()
         penalty.after_step(optimizer.lr)
+        if max_norm is not None:
+            net.max_norm_(max_norm)
         with torch.no_grad():
             total += (data_loss + penalty.value()) * idx.shape[-1]
     return total / n
@@ -311,8 +340,9 @@ def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.devic
     for cfg in cfgs:
         seed_everything(cfg.seed)
         models.append(build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device))
-    rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("dropout1", "dropout2")]
-    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [])
+    rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("input_dropout", "dropout1", "dropout2")]
+    inverted = cfgs[0].reg.get("dropout_style", DropoutStyle.inverted) is DropoutStyle.inverted
+    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted)
 
 
 @contextmanager
@@ -347,7 +377,7 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     params = net.parameters()
     penalized = net.weights + (net.biases if first.reg.penalize_bias else [])
     penalty = StackedPenalty(first.reg.penalty.value, impl_of(first.reg), per_member([c.reg.lambd for c in cfgs], device), penalized)
-    optimizer = StackedOptimizer(first.optim.name, params, per_member([c.optim.lr for c in cfgs], device), penalty.weight_decay())
+    optimizer = StackedOptimizer(first.optim, params, per_member([c.optim.lr for c in cfgs], device), penalty.weight_decay())
     seeds = sorted({c.seed for c in cfgs})
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     which = torch.tensor([seeds.index(c.seed) for c in cfgs], device=device)
@@ -357,23 +387,25 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     active = torch.ones(K, dtype=torch.bool, device=device)
     for epoch in range(1, epochs + 1):
         batches = member_batches(n, first.data.batch_size, generators, which)
-        objective = train_epoch(net, data, optimizer, penalty, batches)
+        objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm)
         diverged = active & ~torch.isfinite(objective)
-        if bool(diverged.any()):
+        if epoch % every == 0 or epoch == epochs:
+            alive = (active & ~diverged).tolist()
+            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective)):
+                if alive[k]:
+                    loggers[k].log_eval(epoch, metrics)
+                    histories[k].append({"epoch": epoch, **metrics})
+                    if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
+                        diverged[k] = True
+            log.info("epoch %d/%d: %d of %d members training", epoch, epochs, sum(alive), K)
+        if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
             for k in diverged.nonzero().flatten().tolist():
-                log.warning("member %d, epoch %d: the training objective is not finite; stopping it (status diverged)", k, epoch)
+                log.warning("member %d, epoch %d: the loss is not finite; stopping it (status diverged)", k, epoch)
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
             if not bool(active.any()):
                 break
-        if epoch % every == 0 or epoch == epochs:
-            alive = active.tolist()
-            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective)):
-                if alive[k]:
-                    loggers[k].log_eval(epoch, metrics)
-                    histories[k].append({"epoch": epoch, **metrics})
-            log.info("epoch %d/%d: %d of %d members training", epoch, epochs, sum(alive), K)
     for result, history in zip(results, histories, strict=True):
         final = history[-1] if history else {}
         result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
@@ -406,4 +438,4 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path], device: torch.devi
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda r, d: write_json_atomic(d / "metrics.json", r | {"wall_s": wall}), results, out_dirs))
-    return [r["test_loss"] if r.get("test_loss") is not None else math.nan for r in results]
+    return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]

@@ -200,3 +200,37 @@ def test_derived_configs_equal_composed_ones(tmp_path):
             assert OmegaConf.is_struct(task) and task.reg.lambd == want.reg.lambd
         assert len(composer.bases) == 3
     GlobalHydra.instance().clear()
+
+
+def test_momentum_nesterov_and_max_norm_members_equal_single_runs(make_cfg):
+    """The dropout chapter's other knobs on the stacked path: SGD momentum (and Nesterov) and the max-norm projection."""
+    base = SHORT_WD + ["optim.momentum=0.9", "reg.max_norm=0.5", "reg.lambd=0.1"]
+    members = [base, base + ["optim.lr=0.001"], base + ["seed=2"]]
+    for extra in ([], ["optim.nesterov=true"]):
+        got = stacked(make_cfg, [m + extra for m in members])
+        for g, m in zip(got, members, strict=True):
+            assert_same_run(g, single(make_cfg, m + extra))
+        assert max(g["weight_l2_norm"] for g in got) <= 0.5 + 1e-5  # the linear model's one unit is projected
+
+
+@pytest.mark.parametrize("style", ["inverted", "standard"])
+def test_input_dropout_and_dropout_styles_agree_with_single_runs(make_cfg, tiny_fashion_root, style):
+    """Input dropout and both dropout styles on the stacked path: the same accuracy as single runs, up to mask noise."""
+    base = ["+experiment=dropout", f"data.root={tiny_fashion_root}", "data.batch_size=32", "trainer.epochs=15"]
+    base += ["reg.input_dropout=0.2", f"reg.dropout_style={style}"]
+    members = [base, base + ["reg.dropout1=0.5", "seed=1"]]
+    got = stacked(make_cfg, members)
+    want = [single(make_cfg, m) for m in members]
+    assert got[0]["test_acc"] > 0.5
+    for g, w in zip(got, want, strict=True):
+        assert g["status"] == w["status"] == "completed"
+        assert abs(g["test_acc"] - w["test_acc"]) <= 0.1  # 100 test images; the masks differ, the distributions don't
+
+
+def test_members_diverge_on_a_non_finite_evaluation_too(make_cfg, tiny_fashion_root):
+    """engine.fit's rule on the stacked path: a member whose loss stops being finite is diverged, the others go on."""
+    base = ["+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=16", "model.hidden2=16", "trainer.epochs=6"]
+    members = [base + ["optim.lr=0.1"], base + ["optim.lr=100000000.0"]]
+    got = stacked(make_cfg, members)
+    want = [single(make_cfg, m) for m in members]
+    assert [(g["status"], g["epochs"]) for g in got] == [(w["status"], w["epochs"]) for w in want] == [("completed", 6), ("diverged", 2)]

@@ -12,6 +12,7 @@ The launcher runs the harness's training itself (``regularization.engine.preflig
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
-        from regularization.engine import preflight
+        from regularization.engine import final_metric, preflight
         from regularization.vectorized import plan_groups, train_group
 
         setup_globals()
@@ -97,7 +98,8 @@ class VectorizedLauncher(Launcher):
         for job in jobs:
             if completed(job.out_dir):
                 log.info("\t#%d : %s (already completed, skipped)", job.idx, " ".join(filter_overrides(job.overrides)))
-                returns[job.idx] = self.finish_job(job, json.loads((job.out_dir / "metrics.json").read_text()).get("test_loss"))
+                previous = json.loads((job.out_dir / "metrics.json").read_text())
+                returns[job.idx] = self.finish_job(job, final_metric(previous, job.task_cfg.optimize_metric))
             else:
                 pending.append(job)
         groups = plan_groups([job.task_cfg for job in pending], self.max_members)
@@ -107,9 +109,9 @@ class VectorizedLauncher(Launcher):
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
-            losses = train_group([j.task_cfg for j in group], [j.out_dir for j in group], devices[group[0].idx])
-            for job, loss in zip(group, losses, strict=True):
-                returns[job.idx] = self.finish_job(job, loss)
+            values = train_group([j.task_cfg for j in group], [j.out_dir for j in group], devices[group[0].idx])
+            for job, value in zip(group, values, strict=True):
+                returns[job.idx] = self.finish_job(job, value)
         return [returns[job.idx] for job in jobs]
 
     @staticmethod
@@ -145,8 +147,9 @@ class VectorizedLauncher(Launcher):
         finally:
             HydraConfig.instance().cfg = saved
 
-    def finish_job(self, job: Job, test_loss: float | None) -> JobReturn:
-        """The JobReturn that run_job returns for this job (its return value: the final test loss, as engine.run's).
+    def finish_job(self, job: Job, value: float) -> JobReturn:
+        """The JobReturn that run_job returns for this job. Its return value is what train.py returns: the final
+        ``optimize_metric``, or None when there is none (NaN would stop an Optuna study; None fails one trial).
 
         run_job deep-copies the hydra config into it because it reuses HydraConfig's; this job's is its own.
         """
@@ -156,7 +159,7 @@ class VectorizedLauncher(Launcher):
         try:
             ret = JobReturn(overrides=list(job.config.hydra.overrides.task), cfg=job.task_cfg, working_dir=str(Path.cwd()))
             ret.hydra_cfg = job.hydra_cfg
-            ret.return_value = test_loss if test_loss is not None else float("nan")
+            ret.return_value = value if math.isfinite(value) else None
             ret.status = JobStatus.COMPLETED
             ret.task_name = JobRuntime.instance().get("name")
             self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
