@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from regularization.config import ConfigError
+from regularization.config import ConfigError, config_without
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "regularization-checkpoint/1"
@@ -32,15 +32,7 @@ RESUMABLE_KEYS = (
 
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     """The config that defines the experiment: a checkpoint only resumes the same one."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("hydra", None)
-    for key in RESUMABLE_KEYS:
-        *parents, leaf = key.split(".")
-        node = container
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return container
+    return config_without(cfg, RESUMABLE_KEYS)
 
 
 def rng_states() -> dict[str, Any]:

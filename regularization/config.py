@@ -173,6 +173,19 @@ def register_configs() -> None:
     cs.store(group="optim", name="base_sgd", node=SGDConfig)
 
 
+def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The job's config as plain data (hydra's node dropped), without the given dotted keys."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("hydra", None)
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = container
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return container
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"Invalid config: {key}: {message}")

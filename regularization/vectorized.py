@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from regularization.config import DropoutStyle, impl_of
+from regularization.config import DropoutStyle, config_without, impl_of
 from regularization.data import load_data, minibatches
 from regularization.engine import EVAL_BATCH, final_metric, seed_everything
 from regularization.logging import RunLogger, log, write_json_atomic
@@ -48,15 +48,7 @@ SMALL_STEP_FLOPS = 2**22
 
 def group_key(cfg: DictConfig) -> str:
     """What members of one group share: the job's config without the stackable keys (and without hydra)."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("hydra", None)
-    for key in STACKABLE:
-        *parents, leaf = key.split(".")
-        node = container
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return OmegaConf.to_yaml(OmegaConf.create(container))
+    return OmegaConf.to_yaml(OmegaConf.create(config_without(cfg, STACKABLE)))
 
 
 def plan_groups(cfgs: list[DictConfig], max_members: int) -> list[list[int]]:
