@@ -20,6 +20,7 @@ from regularization.logging import log
 
 DPI = 100
 PANEL = (5.0, 3.6)  # inches per panel
+MAX_LEGEND = 12
 
 
 @dataclass
@@ -67,7 +68,8 @@ def draw_curves(ax: Axes, settings: list[Setting]) -> None:
             if len(setting.histories) > 1:
                 ax.fill_between(epochs, low, high, color=colour, alpha=0.15, lw=0)
     ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="test loss (solid), train loss (dashed)")
-    ax.legend(fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
+    if len(settings) <= MAX_LEGEND:  # beyond that a legend hides the curves; summary.md names the settings
+        ax.legend(fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
     ax.grid(alpha=0.3, which="both", lw=0.5)
 
 
