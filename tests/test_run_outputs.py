@@ -31,6 +31,8 @@ def hparams_session(run_dir: Path) -> tuple[dict, int | None, EventAccumulator]:
     """The run's HParams session as TensorBoard reads it: {name: value}, the end status, and the run's events."""
     events = EventAccumulator(str(run_dir)).Reload()
     content = events.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    # No per-run experiment summary: TensorBoard would take one run's keys for the whole sweep.
+    assert hp_metadata.EXPERIMENT_TAG not in content
     start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
     hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
     end = content.get(hp_metadata.SESSION_END_INFO_TAG)
