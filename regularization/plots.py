@@ -6,6 +6,8 @@ several seeds, a line is the mean over the seeds and the band around it their mi
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,18 +72,23 @@ def draw_curves(ax: Axes, settings: list[Setting]) -> None:
     ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="test loss (solid), train loss (dashed)")
     if len(settings) <= MAX_LEGEND:  # beyond that a legend hides the curves; summary.md names the settings
         ax.legend(fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
-    ax.grid(alpha=0.3, which="both", lw=0.5)
+    ax.grid(alpha=0.3, lw=0.5)
+
+
+def scale_for(values: Sequence[float]) -> dict:
+    """Axis scale kwargs: log when the values span two decades or more, symlog (linear near 0) when 0 is
+    among them, else linear."""
+    values = [v for v in values if math.isfinite(v)]
+    positive = [v for v in values if v > 0]
+    if not positive or min(values) < 0 or max(positive) / min(positive) < 100:
+        return {"value": "linear"}
+    if min(values) == 0:
+        return {"value": "symlog", "linthresh": min(positive)}
+    return {"value": "log"}
 
 
 def set_x_scale(ax: Axes, values: Sequence[float]) -> None:
-    """Log x when the values span two decades or more; symlog (linear near 0) when 0 is among them."""
-    positive = [v for v in values if v > 0]
-    if min(values) < 0 or len(positive) < 2 or max(positive) / min(positive) < 100:
-        return
-    if min(values) == 0:
-        ax.set_xscale("symlog", linthresh=min(positive))
-    else:
-        ax.set_xscale("log")
+    ax.set_xscale(**scale_for(values))
 
 
 def _key_label(key: str) -> str:
@@ -97,7 +104,7 @@ def _draw_vs_key(ax: Axes, settings: list[Setting], key: str, metrics: dict[str,
         ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker, ms=4, capsize=2, lw=1.2, label=name)
     set_x_scale(ax, x)
     ax.set_xlabel(_key_label(key))
-    ax.grid(alpha=0.3, which="both", lw=0.5)
+    ax.grid(alpha=0.3, lw=0.5)
 
 
 def draw_final_vs_key(ax: Axes, settings: list[Setting], key: str, classification: bool) -> None:
@@ -114,6 +121,7 @@ def draw_final_vs_key(ax: Axes, settings: list[Setting], key: str, classificatio
 def draw_weight_norm(ax: Axes, settings: list[Setting], key: str) -> None:
     """‖w‖₂ of the penalized weights at the end of training, against λ."""
     _draw_vs_key(ax, settings, key, {"weight_l2_norm": r"$\|\mathbf{w}\|_2$"})
+    ax.set_yscale(**scale_for([f["weight_l2_norm"] for s in settings for f in s.finals if f.get("weight_l2_norm") is not None]))
     ax.set(ylabel=r"$\|\mathbf{w}\|_2$", title=rf"final $\|\mathbf{{w}}\|_2$ vs {key}")
 
 
@@ -161,9 +169,10 @@ def save_run_curves(out_dir: Path, history: list[dict]) -> Path | None:
         epochs = [h["epoch"] for h in history]
         for key, style in (("train_loss", "--"), ("test_loss", "-")):
             ax.plot(epochs, [h.get(key) for h in history], style, lw=1.5, label=key.replace("_", " "))
-        ax.set(yscale="log", xlabel="epoch", ylabel="loss", title=Path(out_dir).name)
+        ax.set(yscale="log", xlabel="epoch", ylabel="loss")
+        ax.set_title(textwrap.fill(Path(out_dir).name.replace(",", ", "), 60), fontsize="small")  # a sweep job's dir: its overrides
         ax.legend()
-        ax.grid(alpha=0.3, which="both", lw=0.5)
+        ax.grid(alpha=0.3, lw=0.5)
         return _save(fig, Path(out_dir) / "curves.png")
     except Exception:  # noqa: BLE001
         log.warning("could not draw %s", Path(out_dir) / "curves.png", exc_info=True)
