@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import read_write
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hp_metadata
@@ -138,3 +141,12 @@ def test_batch_bar_only_for_slow_epochs(monkeypatch):
     assert list(bars.batches(batches(0.1), 3)) == [0, 1, 2]
     assert "batches:" in terminal.getvalue()
     assert list(progress.Progress(epochs=1, enabled=False).batches(range(3), 3)) == [0, 1, 2]
+
+
+def test_a_sweep_job_leaves_its_curves_to_the_sweep(make_cfg):
+    cfg = make_cfg("trainer.epochs=2")
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    out_dir = train_job(cfg)
+    assert (out_dir / "metrics.json").exists() and not (out_dir / "curves.png").exists()
