@@ -98,15 +98,23 @@ def _hparam_value(node: Any) -> HParam | None:
     return str(node)  # lists and the like: the HParams tab compares them as strings
 
 
-def run_hparams(cfg: DictConfig) -> dict[str, HParam]:
+def saved_hydra_config(job_dir: Path) -> DictConfig | None:
+    """The ``hydra`` node that Hydra saved into the job's .hydra/hydra.yaml, if it did."""
+    path = Path(job_dir) / ".hydra" / "hydra.yaml"
+    return OmegaConf.load(path).hydra if path.exists() else None
+
+
+def run_hparams(cfg: DictConfig, hydra: DictConfig | None = None) -> dict[str, HParam]:
     """This job's hyperparameters, flattened: the swept (overridden) keys plus HPARAM_KEYS.
 
-    A key from the command line that is not in the config (``+experiment=weight_decay``) keeps its
-    override's value. Keys that ``override_dirname`` leaves out (device, data.root, ...) stay out here too.
+    ``hydra`` is the job's hydra config (default: HydraConfig's, inside a Hydra job). A key from the
+    command line that is not in the config (``+experiment=weight_decay``) keeps its override's value.
+    Keys that ``override_dirname`` leaves out (device, data.root, ...) stay out here too.
     """
     values = {key: _hparam_value(OmegaConf.select(cfg, key, default=None)) for key in HPARAM_KEYS}
-    if HydraConfig.initialized():
+    if hydra is None and HydraConfig.initialized():
         hydra = HydraConfig.get()
+    if hydra is not None:
         excluded = set(hydra.job.config.override_dirname.exclude_keys)
         for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
             key = override.key_or_group

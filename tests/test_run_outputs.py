@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import read_write
+from omegaconf import OmegaConf, read_write
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hp_metadata
@@ -21,6 +21,7 @@ from regularization import progress
 from regularization.config import resolve_device
 from regularization.logging import run_hparams
 from regularization.progress import progress_enabled
+from regularization.vectorized import train_group
 
 
 def train_job(cfg) -> Path:
@@ -150,3 +151,18 @@ def test_a_sweep_job_leaves_its_curves_to_the_sweep(make_cfg):
     HydraConfig.instance().set_config(cfg)
     out_dir = train_job(cfg)
     assert (out_dir / "metrics.json").exists() and not (out_dir / "curves.png").exists()
+
+
+def test_vectorized_members_each_get_their_hparams_row(make_cfg):
+    """Under hydra/launcher=vectorized each member's session has its own values and its own end status."""
+    # model.init_std=1 is the default, so the two stack; only the first job has it on its command line.
+    cfgs = [make_cfg("reg.lambd=0", "model.init_std=1", "trainer.epochs=10"), make_cfg("reg.lambd=3", "optim.lr=50", "trainer.epochs=10")]
+    dirs = [Path(cfg.hydra.runtime.output_dir) for cfg in cfgs]
+    for cfg, d in zip(cfgs, dirs, strict=True):  # what the launcher's start_job saves before the group trains
+        (d / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create({"hydra": cfg.hydra}), d / ".hydra" / "hydra.yaml")
+    train_group(cfgs, dirs, resolve_device("cpu"))
+    (free, free_status, _), (diverged, diverged_status, _) = (hparams_session(d) for d in dirs)
+    assert (free["reg.lambd"], free["optim.lr"], free_status) == (0.0, 0.003, Status.Value("STATUS_SUCCESS"))
+    assert (diverged["reg.lambd"], diverged["optim.lr"], diverged_status) == (3.0, 50, Status.Value("STATUS_FAILURE"))
+    assert free["model.init_std"] == 1.0 and "model.init_std" not in diverged  # each member's own overrides
