@@ -136,6 +136,7 @@ class TrainerConfig:
     epochs: int = 100
     eval_every: int = 1
     deterministic: bool = False
+    progress: bool = True  # tqdm bars on stderr, shown only when stderr is a terminal
 
 
 @dataclass

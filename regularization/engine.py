@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,9 +25,11 @@ from torch import nn
 from regularization.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_states
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
-from regularization.logging import RunLogger, log, write_json_atomic
+from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
 from regularization.models import build_model, penalized_params
 from regularization.parallel import job_device, set_job_threads
+from regularization.plots import save_run_curves
+from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 
 EVAL_BATCH = 8192
@@ -88,16 +90,19 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     max_norm: float | None = None,
+    wrap: Callable[[Iterable, int], Iterable] = lambda batches, total: batches,
 ) -> torch.Tensor:
     """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device.
 
     With ``max_norm`` = c, every step ends by projecting each unit's incoming weights onto ‖w_j‖₂ ≤ c.
+    ``wrap(batches, count)`` may wrap the batches, in a progress bar say.
     """
     model.train()
     loss = loss_fn(data)
     lr = optimizer.param_groups[0]["lr"]
     total = torch.zeros((), device=data.X_train.device)
-    for idx in minibatches(len(data.X_train), batch_size, generator):
+    n = len(data.X_train)
+    for idx in wrap(minibatches(n, batch_size, generator), math.ceil(n / batch_size)):
         data_loss = loss(model(data.X_train[idx]), data.y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         (data_loss + penalty.loss_term()).backward()
@@ -186,28 +191,30 @@ def fit(
         log.info("resuming from %s after epoch %d", checkpoint, done)
     result: dict = {"status": "completed", "epochs": epochs}
     start = time.perf_counter()
-    try:
-        for epoch in range(done + 1, epochs + 1):
-            objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm)
-            finite = math.isfinite(objective.item())
-            if finite and (epoch % every == 0 or epoch == epochs):
-                metrics = evaluate_all(model, data, penalty, objective)
-                logger.log_eval(epoch, metrics)
-                history.append({"epoch": epoch, **metrics})
-                finite = math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
-            if not finite:
-                log.warning("epoch %d: the loss is not finite; stopping (status diverged)", epoch)
-                result |= {"status": "diverged", "epochs": epoch}
-                break
-            logger.flush()  # events up to this epoch are on disk before its checkpoint is
-            with sigint_deferred():  # the checkpoint on disk and `done` stay in step
-                if checkpoint is not None:
-                    elapsed = wall_s + time.perf_counter() - start
-                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
-                done = epoch
-    except KeyboardInterrupt:
-        log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
-        result |= {"status": "interrupted", "epochs": done}
+    with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
+        try:
+            for epoch in range(done + 1, epochs + 1):
+                objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm, progress.batches)
+                finite, metrics = math.isfinite(objective.item()), None
+                if finite and (epoch % every == 0 or epoch == epochs):
+                    metrics = evaluate_all(model, data, penalty, objective)
+                    logger.log_eval(epoch, metrics)
+                    history.append({"epoch": epoch, **metrics})
+                    finite = math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
+                if not finite:
+                    log.warning("epoch %d: the loss is not finite; stopping (status diverged)", epoch)
+                    result |= {"status": "diverged", "epochs": epoch}
+                    break
+                logger.flush()  # events up to this epoch are on disk before its checkpoint is
+                with sigint_deferred():  # the checkpoint on disk and `done` stay in step
+                    if checkpoint is not None:
+                        elapsed = wall_s + time.perf_counter() - start
+                        save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
+                    done = epoch
+                progress.epoch_done(metrics)
+        except KeyboardInterrupt:
+            log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
+            result |= {"status": "interrupted", "epochs": done}
     final = history[-1] if history else {}
     result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
     if penalty.kind == "l1":
@@ -265,18 +272,23 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         return final_metric(previous, cfg.optimize_metric)
     set_deterministic(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
-    data = load_data(cfg, device)
-    model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
     logger = RunLogger(out_dir, cfg.trainer.epochs, purge_step=resume_from["epoch"] + 1 if resume_from else 1)
+    logger.log_hparams(run_hparams(cfg))  # first, so that a job that fails still has its HParams row
+    status = "failed"  # what the HParams session ends with if anything below raises
     try:
+        data = load_data(cfg, device)
+        model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
         result = fit(cfg, data, model, logger, checkpoint, resume_from)
+        status = result["status"]
     finally:
-        logger.close()
+        logger.close(status)
     write_json_atomic(metrics_path, result)
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
         raise SystemExit(130)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep draws all its jobs at its end, in the sweep dir
+        save_run_curves(out_dir, result["history"])
     return final_metric(result, cfg.optimize_metric)
 
 

@@ -10,11 +10,20 @@ import os
 import socket
 import tempfile
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog, SourceMetadata
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.plugins.hparams.api_pb2 import Status
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.summary import scalar
 
 log = logging.getLogger("regularization")
@@ -30,6 +39,29 @@ TAGS = {
     "weight_l2_norm": "weights/l2_norm",
     "sparsity": "weights/sparsity",
 }
+
+
+# The keys that define an experiment, flattened; a config group (model, reg, ...) stands for its preset's name.
+# Keys missing from a job's config (reg.dropout1 without dropout) are left out of its row.
+HPARAM_KEYS = (
+    "model",
+    "reg",
+    "reg.penalty",
+    "reg.impl",
+    "reg.lambd",
+    "reg.dropout1",
+    "reg.dropout2",
+    "optim",
+    "optim.lr",
+    "data",
+    "data.batch_size",
+    "seed",
+    "trainer.epochs",
+)
+HParam = bool | int | float | str
+# metrics.json status -> the HParams session's status (a diverged run is a failed session). An interrupted
+# run gets no session end: it is not over, and the run that resumes it ends the session.
+SESSION_STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -97,8 +129,58 @@ class EventFile:
         self.records.close()
 
 
+def _hparam_value(node: Any) -> HParam | None:
+    """A config value as TensorBoard stores it: a group by its preset's ``name``, an enum by its value."""
+    if isinstance(node, DictConfig):
+        node = node.get("name")
+    if isinstance(node, Enum):
+        node = node.value
+    if node is None or isinstance(node, HParam):
+        return node
+    return str(node)  # lists and the like: the HParams tab compares them as strings
+
+
+def saved_hydra_config(job_dir: Path) -> DictConfig | None:
+    """The ``hydra`` node that Hydra saved into the job's .hydra/hydra.yaml, if it did."""
+    path = Path(job_dir) / ".hydra" / "hydra.yaml"
+    return OmegaConf.load(path).hydra if path.exists() else None
+
+
+def run_hparams(cfg: DictConfig, hydra: DictConfig | None = None) -> dict[str, HParam]:
+    """This job's hyperparameters, flattened: the swept (overridden) keys plus HPARAM_KEYS.
+
+    ``hydra`` is the job's hydra config (default: HydraConfig's, inside a Hydra job). A key from the
+    command line that is not in the config (``+experiment=weight_decay``) keeps its override's value.
+    Keys that ``override_dirname`` leaves out (device, data.root, ...) stay out here too.
+    """
+    values = {key: _hparam_value(OmegaConf.select(cfg, key, default=None)) for key in HPARAM_KEYS}
+    if hydra is None and HydraConfig.initialized():
+        hydra = HydraConfig.get()
+    if hydra is not None:
+        excluded = set(hydra.job.config.override_dirname.exclude_keys)
+        for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
+            key = override.key_or_group
+            if key in excluded or override.is_delete():
+                continue
+            value = _hparam_value(OmegaConf.select(cfg, key, default=None))
+            values[key] = value if value is not None else override.get_value_element_as_str()
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _session_end(status: str) -> Summary:
+    """The HParams session-end summary with the run's status (torch's ``hparams`` always says success)."""
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(status)), version=hp_metadata.PLUGIN_DATA_VERSION)
+    plugin = SummaryMetadata.PluginData(plugin_name=hp_metadata.PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(value=[Summary.Value(tag=hp_metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))])
+
+
 class RunLogger:
-    """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``)."""
+    """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``).
+
+    The run is also one HParams session: ``log_hparams`` at the start, the session's end (with its
+    status) at ``close``. Its metrics are the run's own scalars, so the HParams tab shows their
+    last values: the final train/test loss, accuracy and ‖w‖.
+    """
 
     def __init__(self, log_dir: Path, epochs: int, console: bool = True, purge_step: int | None = None) -> None:
         # purge_step: TensorBoard hides events at or after this step written before (by a run that died).
@@ -117,5 +199,18 @@ class RunLogger:
     def flush(self) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
+    def log_hparams(self, hparams: dict[str, HParam]) -> None:
+        """Write the session-start summary into this run's own event file, as Lightning's TensorBoardLogger does.
+
+        No experiment summary: TensorBoard then builds the experiment from every run's session start,
+        so a sweep whose jobs have different keys shows all of them (with one experiment summary
+        per run it would pick one run's keys for all).
+        """
+        _, session_start, _ = hparams_summaries(hparams, {})
+        self.writer.add(Event(summary=session_start))
+
+    def close(self, status: str | None = None) -> None:
+        """Flush and close; with a final metrics.json status, first end the HParams session with it."""
+        if status in SESSION_STATUS:
+            self.writer.add(Event(summary=_session_end(SESSION_STATUS[status])))
         self.writer.close()

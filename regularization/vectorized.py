@@ -34,7 +34,7 @@ from torch import nn
 from regularization.config import DropoutStyle, config_without, impl_of
 from regularization.data import load_data, minibatches
 from regularization.engine import EVAL_BATCH, final_metric, seed_everything
-from regularization.logging import RunLogger, log, write_json_atomic
+from regularization.logging import RunLogger, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 
 # The keys in which the members of one stacked group may differ.
@@ -414,9 +414,13 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path], device: torch.devi
     is marked failed with the traceback, as engine.run marks a failed job.
     """
     loggers = [RunLogger(d, cfg.trainer.epochs, console=False) for cfg, d in zip(cfgs, out_dirs, strict=True)]
+    for cfg, d, logger in zip(cfgs, out_dirs, loggers, strict=True):
+        logger.log_hparams(run_hparams(cfg, saved_hydra_config(d)))  # the job's own overrides, as its launcher saved them
+    statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
     start = time.perf_counter()
     try:
         results = fit_group(cfgs, loggers, device)
+        statuses = [r["status"] for r in results]
     except Exception:
         for d in out_dirs:
             (d / "traceback.txt").write_text(traceback.format_exc())
@@ -424,8 +428,8 @@ def train_group(cfgs: list[DictConfig], out_dirs: list[Path], device: torch.devi
         log.exception("group of %d jobs failed; traceback in each job dir", len(cfgs))
         return [math.nan] * len(cfgs)
     finally:
-        for logger in loggers:
-            logger.close()
+        for logger, status in zip(loggers, statuses, strict=True):
+            logger.close(status)
     wall = time.perf_counter() - start
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:

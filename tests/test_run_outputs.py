@@ -1,0 +1,168 @@
+"""What one run leaves next to its scalars: the HParams session, curves.png; and its progress bars."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, read_write
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.plugins.hparams.api_pb2 import Status
+
+import regularization.engine as engine
+from regularization import progress
+from regularization.config import resolve_device
+from regularization.logging import run_hparams
+from regularization.progress import progress_enabled
+from regularization.vectorized import train_group
+
+
+def train_job(cfg) -> Path:
+    """engine.train into the job dir that make_cfg set up."""
+    out_dir = Path(cfg.hydra.runtime.output_dir)
+    engine.train(cfg, resolve_device("cpu"), out_dir)
+    return out_dir
+
+
+def hparams_session(run_dir: Path) -> tuple[dict, int | None, EventAccumulator]:
+    """The run's HParams session as TensorBoard reads it: {name: value}, the end status, and the run's events."""
+    events = EventAccumulator(str(run_dir)).Reload()
+    content = events.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    # No per-run experiment summary: TensorBoard would take one run's keys for the whole sweep.
+    assert hp_metadata.EXPERIMENT_TAG not in content
+    start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
+    hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    end = content.get(hp_metadata.SESSION_END_INFO_TAG)
+    return hparams, hp_metadata.parse_session_end_info_plugin_data(end).status if end else None, events
+
+
+def test_hparams_go_into_the_runs_own_event_files(make_cfg):
+    cfg = make_cfg("reg.lambd=3", "trainer.epochs=3", "seed=2")
+    out_dir = train_job(cfg)
+    assert [p.name for p in out_dir.iterdir() if p.is_dir()] == []  # no timestamped sub-run, as add_hparams makes
+    hparams, status, events = hparams_session(out_dir)
+    assert hparams == {
+        "model": "linear",
+        "reg": "l2",
+        "reg.penalty": "l2",
+        "reg.impl": "penalty",
+        "reg.lambd": 3.0,
+        "optim": "sgd",
+        "optim.lr": 0.003,
+        "data": "synthetic",
+        "data.batch_size": 5,
+        "seed": 2,
+        "trainer.epochs": 3,
+    }
+    assert status == Status.Value("STATUS_SUCCESS")
+    # The session's metrics are the run's scalars; their last values are the final metrics.
+    assert [s.step for s in events.Scalars("loss/test")] == [1, 2, 3]
+    assert {"loss/train", "loss/test", "weights/l2_norm"} <= set(events.Tags()["scalars"])
+
+
+def test_hparams_of_a_dropout_run_and_of_keys_from_the_command_line(make_cfg, tiny_fashion_root):
+    cfg = make_cfg("+experiment=dropout", f"data.root={tiny_fashion_root}", "reg.dropout1=0.3", "model.hidden1=16", "device=cpu")
+    hparams = run_hparams(cfg)
+    assert hparams["experiment"] == "dropout"  # not a config key: the override's value
+    assert (hparams["reg"], hparams["reg.dropout1"], hparams["reg.dropout2"], hparams["model.hidden1"]) == ("dropout_scratch", 0.3, 0.5, 16)
+    assert "data.root" not in hparams and "device" not in hparams  # left out of override_dirname, so out of here
+    assert "reg.impl" not in hparams  # no penalty: no implementation
+
+
+def test_a_diverged_run_still_has_its_hparams_row(make_cfg):
+    out_dir = train_job(make_cfg("optim.lr=50", "trainer.epochs=20"))
+    hparams, status, _ = hparams_session(out_dir)
+    assert hparams["optim.lr"] == 50
+    assert status == Status.Value("STATUS_FAILURE")
+
+
+def test_a_failed_run_still_has_its_hparams_row(make_cfg, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "fit", boom)
+    cfg = make_cfg("reg.lambd=1")
+    with pytest.raises(RuntimeError, match="boom"):
+        train_job(cfg)
+    hparams, status, _ = hparams_session(Path(cfg.hydra.runtime.output_dir))
+    assert hparams["reg.lambd"] == 1.0
+    assert status == Status.Value("STATUS_FAILURE")
+
+
+def test_a_run_draws_its_loss_curves(make_cfg):
+    out_dir = train_job(make_cfg("trainer.epochs=4"))
+    with Image.open(out_dir / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 100
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal_and_when_asked(monkeypatch):
+    assert not progress_enabled(True)  # pytest captures stderr: not a terminal
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    assert progress_enabled(True)
+    assert not progress_enabled(False)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_shows_epochs_and_losses(make_cfg, monkeypatch, progress):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train_job(make_cfg("trainer.epochs=5", f"trainer.progress={str(progress).lower()}"))
+    text = terminal.getvalue()
+    if progress:
+        assert "5/5" in text and "test_loss=" in text and "epoch" in text
+    else:
+        assert text == ""
+
+
+def test_batch_bar_only_for_slow_epochs(monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(progress, "BATCH_BAR_DELAY_S", 0.05)
+
+    def batches(seconds_each: float):
+        for i in range(3):
+            time.sleep(seconds_each)
+            yield i
+
+    bars = progress.Progress(epochs=1, enabled=True)
+    assert list(bars.batches(batches(0), 3)) == [0, 1, 2]
+    assert "batches" not in terminal.getvalue()  # a fast epoch never draws it
+    assert list(bars.batches(batches(0.1), 3)) == [0, 1, 2]
+    assert "batches:" in terminal.getvalue()
+    assert list(progress.Progress(epochs=1, enabled=False).batches(range(3), 3)) == [0, 1, 2]
+
+
+def test_a_sweep_job_leaves_its_curves_to_the_sweep(make_cfg):
+    cfg = make_cfg("trainer.epochs=2")
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    out_dir = train_job(cfg)
+    assert (out_dir / "metrics.json").exists() and not (out_dir / "curves.png").exists()
+
+
+def test_vectorized_members_each_get_their_hparams_row(make_cfg):
+    """Under hydra/launcher=vectorized each member's session has its own values and its own end status."""
+    # model.init_std=1 is the default, so the two stack; only the first job has it on its command line.
+    cfgs = [make_cfg("reg.lambd=0", "model.init_std=1", "trainer.epochs=10"), make_cfg("reg.lambd=3", "optim.lr=50", "trainer.epochs=10")]
+    dirs = [Path(cfg.hydra.runtime.output_dir) for cfg in cfgs]
+    for cfg, d in zip(cfgs, dirs, strict=True):  # what the launcher's start_job saves before the group trains
+        (d / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create({"hydra": cfg.hydra}), d / ".hydra" / "hydra.yaml")
+    train_group(cfgs, dirs, resolve_device("cpu"))
+    (free, free_status, _), (diverged, diverged_status, _) = (hparams_session(d) for d in dirs)
+    assert (free["reg.lambd"], free["optim.lr"], free_status) == (0.0, 0.003, Status.Value("STATUS_SUCCESS"))
+    assert (diverged["reg.lambd"], diverged["optim.lr"], diverged_status) == (3.0, 50, Status.Value("STATUS_FAILURE"))
+    assert free["model.init_std"] == 1.0 and "model.init_std" not in diverged  # each member's own overrides
