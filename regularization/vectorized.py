@@ -407,15 +407,20 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     return results
 
 
-def train_group(cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device) -> list[float]:
-    """engine.train for a group: event files and metrics.json in each member's dir; returns the final test losses.
+def train_group(
+    cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device, hydra_cfgs: list[DictConfig] | None = None
+) -> list[float]:
+    """engine.train for a group: event files and metrics.json in each member's dir; returns each member's final
+    ``optimize_metric`` (NaN unless it completed).
 
-    ``wall_s`` is the group's wall time: the members trained together. If the group raises, every member
-    is marked failed with the traceback, as engine.run marks a failed job.
+    ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows); by default they are read
+    from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the group's wall time: the members trained
+    together. If the group raises, every member is marked failed with the traceback, as engine.run marks a failed job.
     """
+    hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
     loggers = [RunLogger(d, cfg.trainer.epochs, console=False) for cfg, d in zip(cfgs, out_dirs, strict=True)]
-    for cfg, d, logger in zip(cfgs, out_dirs, loggers, strict=True):
-        logger.log_hparams(run_hparams(cfg, saved_hydra_config(d)))  # the job's own overrides, as its launcher saved them
+    for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
+        logger.log_hparams(run_hparams(cfg, hydra))
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
     start = time.perf_counter()
     try:

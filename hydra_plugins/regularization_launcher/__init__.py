@@ -109,7 +109,8 @@ class VectorizedLauncher(Launcher):
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
-            values = train_group([j.task_cfg for j in group], [j.out_dir for j in group], devices[group[0].idx])
+            cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
+            values = train_group(cfgs, dirs, devices[group[0].idx], hydra_cfgs)
             for job, value in zip(group, values, strict=True):
                 returns[job.idx] = self.finish_job(job, value)
         return [returns[job.idx] for job in jobs]
