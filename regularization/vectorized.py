@@ -90,9 +90,12 @@ class StackedNet:
         self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.rates, self.inverted = rates, inverted
+        self.dropping = [bool(p.any()) for p in rates]  # read once here, not (a device sync) at every batch
 
-    def dropout(self, H: torch.Tensor, p: torch.Tensor, train: bool) -> torch.Tensor:
-        if not bool(p.any()):
+    def dropout(self, H: torch.Tensor, layer: int, train: bool) -> torch.Tensor:
+        """Dropout of ``layer`` (0: the inputs, i: after hidden layer i) for every member."""
+        p = self.rates[layer]
+        if not self.dropping[layer]:
             return H
         if H.dim() == 2:  # inputs shared by all members: each member draws its own mask
             H = H.expand(len(p), *H.shape)
@@ -105,11 +108,11 @@ class StackedNet:
 
     def __call__(self, X: torch.Tensor, train: bool) -> torch.Tensor:
         """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
-        H = self.dropout(X, self.rates[0], train) if self.rates else X
+        H = self.dropout(X, 0, train) if self.rates else X
         for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             H = torch.baddbmm(b, H, W.transpose(1, 2)) if H.dim() == 3 else shared_linear(H, W, b)
             if i < len(self.weights) - 1:
-                H = self.dropout(torch.relu(H), self.rates[i + 1], train)
+                H = self.dropout(torch.relu(H), i + 1, train)
         return H
 
     @torch.no_grad()
