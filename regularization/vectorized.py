@@ -418,7 +418,8 @@ def train_group(
 
     ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows); by default they are read
     from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the group's wall time: the members trained
-    together. If the group raises, every member is marked failed with the traceback, as engine.run marks a failed job.
+    together. If the group raises, every member is marked failed with the traceback, as engine.run marks a failed job;
+    at Ctrl-C every member is marked interrupted and the process exits 130 (no per-group checkpoint).
     """
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
     loggers = [RunLogger(d, cfg.trainer.epochs, console=False) for cfg, d in zip(cfgs, out_dirs, strict=True)]
@@ -429,6 +430,12 @@ def train_group(
     try:
         results = fit_group(cfgs, loggers, device)
         statuses = [r["status"] for r in results]
+    except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
+        statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
+        for d in out_dirs:
+            write_json_atomic(d / "metrics.json", {"status": "interrupted"})
+        log.warning("interrupted: a rerun into the same sweep dir trains this group again from its start")
+        raise SystemExit(130) from None
     except Exception:
         for d in out_dirs:
             (d / "traceback.txt").write_text(traceback.format_exc())

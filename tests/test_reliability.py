@@ -87,6 +87,25 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "reg.lambd=0,3", "trainer.epochs=100000", "hydra/launcher=vectorized", f"hydra.sweep.dir={sweep}"]
+    proc = start_train(args, tmp_path)
+    events = sweep / "reg.lambd=3,trainer.epochs=100000"
+    deadline = time.monotonic() + 120
+    while not list(events.glob("events.out.tfevents.*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no event file"
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it train a while
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    for lambd in (0, 3):
+        job = sweep / f"reg.lambd={lambd},trainer.epochs=100000"
+        assert json.loads((job / "metrics.json").read_text())["status"] == "interrupted"
+        assert steps(job)  # the evaluations made before Ctrl-C were flushed
+
+
+@pytest.mark.slow
 def test_divergence_is_a_result_not_a_crash(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train(["-m", "optim.lr=0.003,1e5", "trainer.epochs=20", f"hydra.sweep.dir={sweep}"], tmp_path)
