@@ -31,16 +31,22 @@ def steps(job_dir: Path, tag: str = "loss/test") -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+class Run(subprocess.Popen):
+    """train.py in the background, its output going to a file (a pipe nobody reads would fill and stall it)."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = cwd / "train.out"
+        with open(self.log, "a") as out:
+            super().__init__([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text()
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(path: Path, proc: Run, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.stdout.read()}"
+        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.output()}"
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.02)
 
@@ -58,7 +64,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
     args = WEIGHT_DECAY_ADAM if case == "weight_decay_adam" else dropout_tiny(tiny_fashion_root)
     run_train([*args, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
     killed = tmp_path / "killed"
-    proc = start_train([*args, f"hydra.run.dir={killed}"], tmp_path)
+    proc = Run([*args, f"hydra.run.dir={killed}"], tmp_path)
     wait_for(killed / CHECKPOINT, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -73,7 +79,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     job = tmp_path / "job"
-    proc = start_train([*WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"], tmp_path)
+    proc = Run([*WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"], tmp_path)
     wait_for(job / CHECKPOINT, proc)
     time.sleep(1.0)  # let it pass a few evaluations
     proc.send_signal(signal.SIGINT)
@@ -90,11 +96,11 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
 def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "reg.lambd=0,3", "trainer.epochs=100000", "hydra/launcher=vectorized", f"hydra.sweep.dir={sweep}"]
-    proc = start_train(args, tmp_path)
+    proc = Run(args, tmp_path)
     events = sweep / "reg.lambd=3,trainer.epochs=100000"
     deadline = time.monotonic() + 120
     while not list(events.glob("events.out.tfevents.*")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no event file"
+        assert proc.poll() is None and time.monotonic() < deadline, proc.output()
         time.sleep(0.05)
     time.sleep(1.0)  # let it train a while
     proc.send_signal(signal.SIGINT)
@@ -141,7 +147,7 @@ def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "reg.lambd=0,3", "trainer.epochs=1500", "trainer.eval_every=50", f"hydra.sweep.dir={sweep}"]
     first, second = (sweep / f"reg.lambd={lambd},trainer.epochs=1500,trainer.eval_every=50" for lambd in (0, 3))
-    proc = start_train(args, tmp_path)
+    proc = Run(args, tmp_path)
     wait_for(second / CHECKPOINT, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
