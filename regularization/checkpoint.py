@@ -84,6 +84,11 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
     return state
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The last epoch the checkpoint at path holds."""
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in a.keys() | b.keys() for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]

@@ -6,12 +6,9 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from regularization.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_states
+from regularization.checkpoint import CHECKPOINT, checkpoint_epoch, load_checkpoint, save_checkpoint, set_rng_states
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
@@ -48,19 +45,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives inside the block until the block has finished."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def set_deterministic(on: bool) -> None:
@@ -206,13 +190,14 @@ def fit(
                     result |= {"status": "diverged", "epochs": epoch}
                     break
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                with sigint_deferred():  # the checkpoint on disk and `done` stay in step
-                    if checkpoint is not None:
-                        elapsed = wall_s + time.perf_counter() - start
-                        save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
-                    done = epoch
+                if checkpoint is not None:
+                    elapsed = wall_s + time.perf_counter() - start
+                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
+                done = epoch
                 progress.epoch_done(metrics)
         except KeyboardInterrupt:
+            # Ctrl-C may land between a checkpoint's rename and `done = epoch`: the file on disk is the truth.
+            done = checkpoint_epoch(checkpoint) if checkpoint is not None and checkpoint.exists() else done
             log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
             result |= {"status": "interrupted", "epochs": done}
     final = history[-1] if history else {}
