@@ -110,11 +110,8 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
     return sorted((read_job(d) for d in job_dirs(sweep_dir)), key=_natural)
 
 
-def load_job(job_dir: Path) -> dict[str, Any]:
-    return read_job(job_dir).row()
-
-
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The sweep's summary rows, one per job."""
     return [job.row() for job in collect_jobs(sweep_dir)]
 
 
