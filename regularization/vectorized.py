@@ -17,6 +17,7 @@ diverged, its weights are zeroed and its learning rate set to 0, and the others 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import traceback
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from regularization.config import DropoutStyle, config_without, impl_of
@@ -48,7 +49,7 @@ SMALL_STEP_FLOPS = 2**22
 
 def group_key(cfg: DictConfig) -> str:
     """What members of one group share: the job's config without the stackable keys (and without hydra)."""
-    return OmegaConf.to_yaml(OmegaConf.create(config_without(cfg, STACKABLE)))
+    return json.dumps(config_without(cfg, STACKABLE), sort_keys=True)
 
 
 def plan_groups(cfgs: list[DictConfig], max_members: int) -> list[list[int]]:
