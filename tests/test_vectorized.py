@@ -196,6 +196,7 @@ def test_derived_configs_equal_composed_ones(tmp_path):
         for overrides in jobs:
             config, task = composer.compose(overrides)
             want = loader.load_sweep_config(master, overrides)
+            assert OmegaConf.to_yaml(composer.task(overrides)) == OmegaConf.to_yaml(task)
             assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(want)
             assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml({k: v for k, v in want.items() if k != "hydra"})
             assert OmegaConf.is_struct(task) and task.reg.lambd == want.reg.lambd

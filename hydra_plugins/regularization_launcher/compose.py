@@ -20,12 +20,13 @@ from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 
 
 class SweepComposer:
-    """``composer(overrides)`` is ``config_loader.load_sweep_config(master, overrides)``, a fresh config per call."""
+    """``compose(overrides)`` gives what ``config_loader.load_sweep_config(master, overrides)`` gives (and its task
+    config); ``task(overrides)`` the task config alone. Each call returns fresh configs."""
 
     def __init__(self, config_loader: ConfigLoaderImpl, master: DictConfig) -> None:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
-        self.bases: dict[tuple, DictConfig] = {}
+        self.bases: dict[tuple, tuple[DictConfig, DictConfig]] = {}
 
     def is_value(self, o: Override) -> bool:
         """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's)."""
@@ -37,15 +38,21 @@ class SweepComposer:
             and not self.loader.repository.group_exists(o.key_or_group)
         )
 
-    def __call__(self, overrides: Sequence[str]) -> DictConfig:
-        return self.compose(overrides)[0]
-
-    def task(self, overrides: Sequence[str]) -> DictConfig:
-        """The job's task config: its config without the hydra node, as run_job passes it to the task."""
-        return self.compose(overrides)[1]
-
     def compose(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
         """The job's config and its task config (derived separately: copying a task config is ~6× cheaper)."""
+        parsed, values, (config, task), derived = self._base(overrides)
+        if not derived:
+            return copy.deepcopy(config), task_config(config)
+        return self.derive(config, parsed, values), _apply(copy.deepcopy(task), values)
+
+    def task(self, overrides: Sequence[str]) -> DictConfig:
+        """The job's task config alone, as the sweeper's pre-flight check needs it."""
+        _, values, (config, task), derived = self._base(overrides)
+        return _apply(copy.deepcopy(task), values) if derived else task_config(config)
+
+    def _base(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], tuple[DictConfig, DictConfig], bool]:
+        """The parsed overrides, the value overrides, a (config, task config) pair, and whether the job is derived
+        from that pair by applying its value overrides (else the pair is the job's own composition)."""
         parsed = self.parser.parse_overrides(list(overrides))
         is_value = [self.is_value(o) for o in parsed]
         values = [o for o, v in zip(parsed, is_value, strict=True) if v]
@@ -54,9 +61,10 @@ class SweepComposer:
         base = self.bases.get(structure)
         if base is None or len(set(keys)) < len(keys) or not all(_is_leaf(base[1], o.key_or_group) for o in values):
             config = self.loader.load_sweep_config(self.master, list(overrides))
-            self.bases.setdefault(structure, (config, task_config(config)))
-            return copy.deepcopy(config), task_config(config)
-        return self.derive(base[0], parsed, values), _apply(copy.deepcopy(base[1]), values)
+            composed = (config, task_config(config))
+            self.bases.setdefault(structure, composed)
+            return parsed, values, composed, False
+        return parsed, values, base, True
 
     def derive(self, base: DictConfig, parsed: list[Override], values: list[Override]) -> DictConfig:
         config = _apply(copy.deepcopy(base), values)
