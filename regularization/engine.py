@@ -251,8 +251,8 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     resume_from = load_checkpoint(checkpoint, cfg) if cfg.resume and checkpoint.exists() else None
     if resume_from is not None and resume_from["epoch"] > cfg.trainer.epochs:
         raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
-    previous = json.loads(metrics_path.read_text()) if cfg.resume and metrics_path.exists() else {}
-    if previous.get("status") == "completed" and previous.get("epochs") == cfg.trainer.epochs:
+    previous = completed_result(out_dir, cfg.trainer.epochs) if cfg.resume else None
+    if previous is not None:
         log.info("already completed, skipping: %s", metrics_path)
         return final_metric(previous, cfg.optimize_metric)
     set_deterministic(cfg.trainer.deterministic)
@@ -275,6 +275,15 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep draws all its jobs at its end, in the sweep dir
         save_run_curves(out_dir, result["history"])
     return final_metric(result, cfg.optimize_metric)
+
+
+def completed_result(out_dir: Path, epochs: int) -> dict | None:
+    """The job's metrics.json if an earlier run of it completed as many epochs (sweep resume skips it), else None."""
+    try:
+        previous = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return previous if previous.get("status") == "completed" and previous.get("epochs") == epochs else None
 
 
 def final_metric(result: dict, name: str) -> float:

@@ -10,7 +10,6 @@ The launcher runs the harness's training itself (``regularization.engine.preflig
 ``vectorized.train_group``), not the task function: it is this harness's launcher, not a general one.
 """
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -51,15 +50,6 @@ class Job:
     out_dir: Path = field(init=False)
 
 
-def completed(out_dir: Path) -> bool:
-    """Whether a previous run of this job finished (sweep resume)."""
-    path = out_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text()).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
-
-
 class VectorizedLauncher(Launcher):
     # The sweeper need not compose and check the jobs: launch() checks every job before any trains.
     preflights_every_job = True
@@ -76,7 +66,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
-        from regularization.engine import final_metric, preflight
+        from regularization.engine import completed_result, final_metric, preflight
         from regularization.vectorized import plan_groups, train_group
 
         setup_globals()
@@ -96,9 +86,9 @@ class VectorizedLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         pending = []
         for job in jobs:
-            if completed(job.out_dir):
+            previous = completed_result(job.out_dir, job.task_cfg.trainer.epochs)
+            if previous is not None:
                 log.info("\t#%d : %s (already completed, skipped)", job.idx, " ".join(filter_overrides(job.overrides)))
-                previous = json.loads((job.out_dir / "metrics.json").read_text())
                 returns[job.idx] = self.finish_job(job, final_metric(previous, job.task_cfg.optimize_metric))
             else:
                 pending.append(job)
