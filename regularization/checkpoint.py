@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from regularization.config import ConfigError, config_without
+from regularization.logging import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "regularization-checkpoint/1"
@@ -58,11 +57,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any], cfg: DictConfig) -> None:
     """torch.save into a temp file in the same dir, fsync, rename: a crash leaves the old checkpoint or the new one."""
     state = {"format": FORMAT, "config": json.dumps(experiment_config(cfg), sort_keys=True), "rng": rng_states(), **state}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+    with atomic_file(path, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:

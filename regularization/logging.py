@@ -10,9 +10,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -64,16 +66,22 @@ HParam = bool | int | float | str
 SESSION_STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file so that a reader sees the old one or the new one, never a torn one:
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file written so that a reader sees the old one or the new one, never a torn one:
     a temp file in the same dir, fsync, rename."""
     path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it 0600; results are meant to be shared
     os.replace(f.name, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
