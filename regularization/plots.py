@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from matplotlib.lines import Line2D
 
-from regularization.logging import log
+from regularization.logging import atomic_file, log
 
 DPI = 100
 PANEL = (5.0, 3.6)  # inches per panel
@@ -62,16 +66,25 @@ def _label(setting: Setting) -> str:
 
 
 def draw_curves(ax: Axes, settings: list[Setting]) -> None:
-    """Test loss against epoch (solid), train loss (dashed, same colour), log y."""
-    for setting, colour in zip(settings, _colours(settings), strict=True):
-        for key, style in (("test_loss", "-"), ("train_loss", "--")):
+    """Test loss against epoch (solid), train loss (dashed, same colour), log y.
+
+    Each style's curves are one LineCollection (one artist, drawn in one call, not one per curve); the legend
+    gets a proxy line per setting.
+    """
+    colours = _colours(settings)
+    for key, style in (("test_loss", "-"), ("train_loss", "--")):
+        curves = []
+        for setting, colour in zip(settings, colours, strict=True):
             epochs, mean, low, high = _curve(setting.histories, key)
-            ax.plot(epochs, mean, style, color=colour, lw=1.3, label=_label(setting) if key == "test_loss" else None)
+            curves.append(np.column_stack([epochs, mean]))
             if len(setting.histories) > 1:
                 ax.fill_between(epochs, low, high, color=colour, alpha=0.15, lw=0)
+        ax.add_collection(LineCollection(curves, colors=colours, linestyles=style, lw=1.3))
     ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="test loss (solid), train loss (dashed)")
+    ax.autoscale_view()
     if len(settings) <= MAX_LEGEND:  # beyond that a legend hides the curves; summary.md names the settings
-        ax.legend(fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
+        proxies = [Line2D([], [], color=colour, lw=1.3) for colour in colours]
+        ax.legend(proxies, [_label(s) for s in settings], fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
     ax.grid(alpha=0.3, lw=0.5)
 
 
@@ -101,7 +114,10 @@ def _draw_vs_key(ax: Axes, settings: list[Setting], key: str, metrics: dict[str,
     for (metric, name), marker in zip(metrics.items(), "os^", strict=False):
         # Per setting, the mean, min and max of the metric over its seeds (one column of seed rows each).
         mean, low, high = np.array([_spread([[f.get(metric)] for f in s.finals]) for s in settings])[:, :, 0].T
-        ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker, ms=4, capsize=2, lw=1.2, label=name)
+        if any(len(s.finals) > 1 for s in settings):
+            ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker, ms=4, capsize=2, lw=1.2, label=name)
+        else:  # one seed each: no spread to show
+            ax.plot(x, mean, marker=marker, ms=4, lw=1.2, label=name)
     set_x_scale(ax, x)
     ax.set_xlabel(_key_label(key))
     ax.grid(alpha=0.3, lw=0.5)
@@ -131,9 +147,33 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+# A sweep panel's axes inside its PANEL-sized slot, in inches: room for tick labels and the y label on the
+# left, the x label below, the title above. Fixed, so the figure is drawn once: tight_layout would draw it
+# a second time to measure it, and separate figures per panel would draw every panel twice.
+MARGINS = {"left": 0.75, "right": 0.2, "bottom": 0.55, "top": 0.4}
+
+
+def _panel_axes(fig: Figure, i: int) -> Axes:
+    """The axes of panel i of a row of PANEL-sized slots, placed with MARGINS."""
+    width, height = fig.get_size_inches()
+    left = i * PANEL[0] + MARGINS["left"]
+    w = PANEL[0] - MARGINS["left"] - MARGINS["right"]
+    h = PANEL[1] - MARGINS["bottom"] - MARGINS["top"]
+    return fig.add_axes((left / width, MARGINS["bottom"] / height, w / width, h / height))
+
+
+def _write_png(path: Path, rgba: np.ndarray) -> Path:
+    with atomic_file(path, "wb") as f:
+        imsave(f, rgba, format="png", dpi=DPI)
+    return path
+
+
 def save_sweep_plots(sweep_dir: Path, settings: list[Setting], key: str | None, classification: bool) -> list[Path]:
     """curves.png; for a one-numeric-key sweep also final_vs_KEY.png; for a λ sweep weight_norm_vs_KEY.png;
-    and summary.png with all of them side by side. Settings hold completed jobs only; empty ones are skipped."""
+    and summary.png with all of them side by side. Settings hold completed jobs only; empty ones are skipped.
+
+    The panels are drawn once, side by side in one figure; each panel's PNG is its slot cut from that canvas.
+    """
     settings = [s for s in settings if s.finals]
     if not settings:
         log.warning("no completed job in %s: no plots", sweep_dir)
@@ -143,16 +183,16 @@ def save_sweep_plots(sweep_dir: Path, settings: list[Setting], key: str | None, 
         panels.append((f"final_vs_{key}.png", lambda ax: draw_final_vs_key(ax, settings, key, classification)))
         if key.endswith("lambd"):
             panels.append((f"weight_norm_vs_{key}.png", lambda ax: draw_weight_norm(ax, settings, key)))
-    paths = []
-    for name, draw in panels:
-        fig = Figure(figsize=PANEL)
-        draw(fig.add_subplot())
-        paths.append(_save(fig, Path(sweep_dir) / name))
+    fig = Figure(figsize=(PANEL[0] * len(panels), PANEL[1]), dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
+    for i, (_, draw) in enumerate(panels):
+        draw(_panel_axes(fig, i))
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    slot = rgba.shape[1] // len(panels)
+    paths = [_write_png(Path(sweep_dir) / name, rgba[:, i * slot : (i + 1) * slot]) for i, (name, _) in enumerate(panels)]
     if len(panels) > 1:
-        fig = Figure(figsize=(PANEL[0] * len(panels), PANEL[1]))
-        for ax, (_, draw) in zip(fig.subplots(1, len(panels)), panels, strict=True):
-            draw(ax)
-        paths.append(_save(fig, Path(sweep_dir) / "summary.png"))
+        paths.append(_write_png(Path(sweep_dir) / "summary.png", rgba))
     return paths
 
 

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from regularization.logging import TAGS, log, write_text_atomic
+from regularization.parallel import long_lived_heap_frozen
 from regularization.plots import Setting, save_sweep_plots
 
 COLUMNS = ["job", "status", "epochs", "train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "sparsity", "wall_s"]
@@ -262,7 +263,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows, stats = summarize_sweep(sweep_dir)
+        with long_lived_heap_frozen():
+            rows, stats = summarize_sweep(sweep_dir)
         log.info("Sweep summary (%s):\n%s", sweep_dir / "summary.md", console_report(rows, stats))
         failed = [r["job"] for r in rows if r["status"] == "failed"]
         if failed:  # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings

@@ -231,3 +231,29 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path: Path, tiny_f
     failed = sum(r["status"] != "completed" for r in rows)
     assert output.count("Failed experiment") == failed
     assert f"{sum(r['status'] == 'failed' for r in rows)} of 8 jobs failed" in output
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "true", "no", "1e-3", "0.5", "123", "null", "", "a: b", "#x", "ünïcode λ", "x" * 120, "multi\nline", "'q'"],
+)
+def test_launcher_yaml_is_omegaconfs(value: str) -> None:
+    """The .hydra files the vectorized launcher writes (libyaml) have the bytes OmegaConf.to_yaml gives."""
+    from hydra_plugins.regularization_launcher.compose import to_yaml
+
+    cfg = OmegaConf.create({"s": value, "n": {"list": [value, 1, 2.5, None, True], "empty": [], "nested": {"e": {}}}, "f": 1e-8})
+    assert to_yaml(cfg) == OmegaConf.to_yaml(cfg)
+    assert to_yaml(OmegaConf.create([value, "b"])) == OmegaConf.to_yaml(OmegaConf.create([value, "b"]))
+
+
+def test_hydra_view_is_what_set_config_makes(tmp_path: Path) -> None:
+    """The job's view of its hydra config: what HydraConfig.set_config gives, without the deep copy."""
+    from hydra_plugins.regularization_launcher import hydra_view
+
+    config = compose_config(["hydra.job.name=${seed}_job"], tmp_path)
+    HydraConfig.instance().set_config(copy.deepcopy(config))
+    want = HydraConfig.instance().cfg
+    view = hydra_view(config)
+    assert OmegaConf.to_yaml(view) == OmegaConf.to_yaml(want)
+    assert view.hydra is config.hydra and OmegaConf.is_readonly(view.hydra)
+    assert view.hydra.job.name == want.hydra.job.name == "0_job"  # an interpolation into the task's keys resolves

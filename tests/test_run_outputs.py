@@ -166,3 +166,31 @@ def test_vectorized_members_each_get_their_hparams_row(make_cfg):
     assert (free["reg.lambd"], free["optim.lr"], free_status) == (0.0, 0.003, Status.Value("STATUS_SUCCESS"))
     assert (diverged["reg.lambd"], diverged["optim.lr"], diverged_status) == (3.0, 50, Status.Value("STATUS_FAILURE"))
     assert free["model.init_std"] == 1.0 and "model.init_std" not in diverged  # each member's own overrides
+
+
+def test_event_records_are_tensorboards_bytes(tmp_path):
+    """The records' framing and CRCs (google-crc32c) are byte for byte what tensorboard's RecordWriter writes."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from regularization.logging import Records
+
+    payloads = [b"", b"x", bytes(range(256)) * 5]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    for data in payloads:
+        Records(ours).write(data)
+        RecordWriter(theirs).write(data)
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_one_event_per_evaluation_holds_every_scalar(make_cfg, tmp_path):
+    from regularization.logging import RunLogger
+
+    logger = RunLogger(tmp_path, epochs=2, console=False)
+    logger.log_eval(1, {"train_loss": 2.0, "test_loss": 3.0, "weight_l2_norm": float("nan")})
+    logger.log_eval(2, {"train_loss": 1.0, "test_loss": 1.5, "train_acc": None})
+    logger.close("completed")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["loss/test", "loss/train"]  # NaN and None are not written
+    assert [(e.step, e.value) for e in acc.Scalars("loss/train")] == [(1, 2.0), (2, 1.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("loss/test")] == [(1, 3.0), (2, 1.5)]

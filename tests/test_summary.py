@@ -8,7 +8,9 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -123,9 +125,11 @@ def test_failed_and_diverged_jobs_are_left_out_of_the_plots(lambda_sweep):
     fig = Figure()
     ax = fig.add_subplot()
     draw_curves(ax, [s for s in settings if s.finals])
-    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels == ["reg.lambd=0.001 (2 seeds)", "reg.lambd=0.1 (2 seeds)", "reg.lambd=10 (2 seeds)"]
-    assert len(ax.get_lines()) == 6  # test (solid) and train (dashed) per setting
+    test, train = (c for c in ax.collections if isinstance(c, LineCollection))
+    assert len(test.get_segments()) == len(train.get_segments()) == 3  # a curve per setting
+    assert test.get_linestyle() != train.get_linestyle()  # solid and dashed
 
 
 def test_mean_curve_and_its_spread(tmp_path):
@@ -134,9 +138,10 @@ def test_mean_curve_and_its_spread(tmp_path):
     fig = Figure()
     ax = fig.add_subplot()
     draw_curves(ax, sweep_settings(collect_jobs(tmp_path), None))
-    test_line = ax.get_lines()[0]
-    assert list(test_line.get_ydata()) == pytest.approx([2 * 2 / e for e in range(1, 5)])  # mean of 2/e and 6/e
-    assert len(ax.collections) == 2  # a min-max band around the test and the train curve
+    test_curves = next(c for c in ax.collections if isinstance(c, LineCollection))
+    assert list(test_curves.get_segments()[0][:, 1]) == pytest.approx([2 * 2 / e for e in range(1, 5)])  # mean of 2/e and 6/e
+    bands = [c for c in ax.collections if not isinstance(c, LineCollection)]
+    assert len(bands) == 2  # a min-max band around the test and the train curve
 
 
 def test_log_x_when_the_values_span_decades():
@@ -201,3 +206,36 @@ def test_summarize_script_refuses_a_dir_without_jobs(tmp_path, monkeypatch, caps
     assert run_summarize_script(monkeypatch, str(tmp_path)) == 2
     assert "no job dirs" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_panel_png_is_its_slot_of_the_summary(lambda_sweep):
+    """The sweep figure is drawn once; every panel's PNG is its slot of summary.png, pixel for pixel."""
+    summarize_sweep(lambda_sweep)
+    names = ("curves.png", "final_vs_reg.lambd.png", "weight_norm_vs_reg.lambd.png")
+    with Image.open(lambda_sweep / "summary.png") as summary:
+        whole = np.asarray(summary)
+    width = whole.shape[1] // len(names)
+    for i, name in enumerate(names):
+        with Image.open(lambda_sweep / name) as panel:
+            assert np.array_equal(np.asarray(panel), whole[:, i * width : (i + 1) * width])
+    assert len({np.asarray(Image.open(lambda_sweep / n)).tobytes() for n in names}) == 3  # three different panels
+
+
+def test_long_lived_heap_frozen_still_collects_new_garbage():
+    import gc
+    import weakref
+
+    from regularization.parallel import long_lived_heap_frozen
+
+    class Node:
+        pass
+
+    with long_lived_heap_frozen():
+        assert gc.get_freeze_count() > 0
+        cycle = Node()
+        cycle.self = cycle
+        ref = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert ref() is None  # a cycle made inside the block is collected
+    assert gc.get_freeze_count() == 0

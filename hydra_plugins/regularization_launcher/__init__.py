@@ -18,12 +18,12 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
-from hydra_plugins.regularization_launcher.compose import SweepComposer
+from hydra_plugins.regularization_launcher.compose import SweepComposer, save_config
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ class Job:
     out_dir: Path = field(init=False)
 
 
+def hydra_view(config: DictConfig) -> DictConfig:
+    """What ``HydraConfig.set_config(config)`` makes a job's callbacks see: ``{hydra: config.hydra}``, read-only,
+    its hydra node's parent still ``config`` (for interpolations into the task's keys).
+
+    set_config deep-copies the node (OmegaConf.masked_copy), a few ms per job; this view holds the node itself,
+    which is read-only and belongs to this job's config alone.
+    """
+    OmegaConf.set_readonly(config.hydra, True)
+    view = DictConfig({})
+    with flag_override(view, "no_deepcopy_set_nodes", True):
+        view.hydra = config.hydra
+    view.hydra._set_parent(config)
+    return view
+
+
 class VectorizedLauncher(Launcher):
     # The sweeper need not compose and check the jobs: launch() checks every job before any trains.
     preflights_every_job = True
@@ -65,6 +80,12 @@ class VectorizedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from regularization.parallel import long_lived_heap_frozen
+
+        with long_lived_heap_frozen():
+            return self.launch_jobs(job_overrides, initial_job_idx)
+
+    def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
         from regularization.engine import completed_result, final_metric, preflight
         from regularization.vectorized import plan_groups, train_group
@@ -117,9 +138,7 @@ class VectorizedLauncher(Launcher):
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = str(out_dir.absolute())
         job.out_dir = out_dir.absolute()
-        HydraConfig.instance().set_config(config)  # the masked copy of config.hydra that the job's callbacks see
-        job.hydra_cfg = HydraConfig.instance().cfg
-        HydraConfig.instance().cfg = saved
+        job.hydra_cfg = hydra_view(config)
         return job
 
     def start_job(self, job: Job) -> None:
@@ -131,9 +150,9 @@ class VectorizedLauncher(Launcher):
             job.out_dir.mkdir(parents=True, exist_ok=True)
             if job.config.hydra.output_subdir is not None:
                 hydra_dir = job.out_dir / str(job.config.hydra.output_subdir)
-                _save_config(job.task_cfg, "config.yaml", hydra_dir)
-                _save_config(job.hydra_cfg, "hydra.yaml", hydra_dir)
-                _save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
+                save_config(job.task_cfg, "config.yaml", hydra_dir)
+                save_config(job.hydra_cfg, "hydra.yaml", hydra_dir)
+                save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
             self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
         finally:
             HydraConfig.instance().cfg = saved

@@ -6,17 +6,24 @@ config groups, not hydra's) share one structure: the first such job is composed,
 from its config by applying their value overrides the way Hydra applies them after composing
 (``ConfigLoaderImpl._apply_overrides_to_config``) and rebuilding what Hydra derives from the overrides
 (``hydra.overrides.task``, ``hydra.job.override_dirname``). The result is the config Hydra would compose.
+
+A base is kept pickled: unpickling a config takes a fifth of the time ``copy.deepcopy`` takes, and it is how
+Hydra's own joblib and submitit launchers hand configs to their workers.
 """
 
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Sequence
+from pathlib import Path
 
+import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf._utils import get_omega_conf_dumper
 
 
 class SweepComposer:
@@ -26,7 +33,7 @@ class SweepComposer:
     def __init__(self, config_loader: ConfigLoaderImpl, master: DictConfig) -> None:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
-        self.bases: dict[tuple, tuple[DictConfig, DictConfig]] = {}
+        self.bases: dict[tuple, Base] = {}
 
     def is_value(self, o: Override) -> bool:
         """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's)."""
@@ -39,35 +46,36 @@ class SweepComposer:
         )
 
     def compose(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
-        """The job's config and its task config (derived separately: copying a task config is ~6× cheaper)."""
-        parsed, values, (config, task), derived = self._base(overrides)
+        """The job's config and its task config (derived separately: a task config is ~5× smaller)."""
+        parsed, values, base, derived = self._base(overrides)
         if not derived:
-            return copy.deepcopy(config), task_config(config)
-        return self.derive(config, parsed, values), _apply(copy.deepcopy(task), values)
+            return base.config(), base.task()
+        return self.derive(base.config(), parsed, values), _apply(base.task(), values)
 
     def task(self, overrides: Sequence[str]) -> DictConfig:
         """The job's task config alone, as the sweeper's pre-flight check needs it."""
-        _, values, (config, task), derived = self._base(overrides)
-        return _apply(copy.deepcopy(task), values) if derived else task_config(config)
+        _, values, base, derived = self._base(overrides)
+        return _apply(base.task(), values) if derived else base.task()
 
-    def _base(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], tuple[DictConfig, DictConfig], bool]:
-        """The parsed overrides, the value overrides, a (config, task config) pair, and whether the job is derived
-        from that pair by applying its value overrides (else the pair is the job's own composition)."""
+    def _base(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], Base, bool]:
+        """The parsed overrides, the value overrides, a base, and whether the job is derived from that base by
+        applying its value overrides (else the base is the job's own composition)."""
         parsed = self.parser.parse_overrides(list(overrides))
         is_value = [self.is_value(o) for o in parsed]
         values = [o for o, v in zip(parsed, is_value, strict=True) if v]
         keys = [o.key_or_group for o in parsed]
         structure = tuple(("value", o.key_or_group) if v else ("line", o.input_line) for o, v in zip(parsed, is_value, strict=True))
         base = self.bases.get(structure)
-        if base is None or len(set(keys)) < len(keys) or not all(_is_leaf(base[1], o.key_or_group) for o in values):
-            config = self.loader.load_sweep_config(self.master, list(overrides))
-            composed = (config, task_config(config))
+        if base is None or len(set(keys)) < len(keys) or not all(base.is_leaf(o.key_or_group) for o in values):
+            composed = Base(self.loader.load_sweep_config(self.master, list(overrides)))
             self.bases.setdefault(structure, composed)
             return parsed, values, composed, False
         return parsed, values, base, True
 
-    def derive(self, base: DictConfig, parsed: list[Override], values: list[Override]) -> DictConfig:
-        config = _apply(copy.deepcopy(base), values)
+    def derive(self, config: DictConfig, parsed: list[Override], values: list[Override]) -> DictConfig:
+        """A copy of a base config (``config``, changed here) turned into the job's: its value overrides applied
+        and hydra's override-derived fields rebuilt."""
+        config = _apply(config, values)
         task = [o for o in parsed if not o.is_hydra_override()]
         dirname = config.hydra.job.config.override_dirname
         with read_write(config.hydra), open_dict(config.hydra):
@@ -75,6 +83,26 @@ class SweepComposer:
             config.hydra.job.override_dirname = get_overrides_dirname(task, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
         OmegaConf.copy_cache(from_config=self.master, to_config=config)
         return config
+
+
+class Base:
+    """A composed config and its task config, pickled: ``config()`` and ``task()`` return fresh copies."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self._shape = task_config(config)  # looked up, never handed out
+        self._config = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+        self._task = pickle.dumps(self._shape, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def is_leaf(self, key: str) -> bool:
+        """Whether key names a value in the task config (a group's key names a container: that job is composed)."""
+        node = OmegaConf.select(self._shape, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
+        return not isinstance(node, Container)
+
+    def config(self) -> DictConfig:
+        return pickle.loads(self._config)
+
+    def task(self) -> DictConfig:
+        return pickle.loads(self._task)
 
 
 def task_config(config: DictConfig) -> DictConfig:
@@ -90,7 +118,24 @@ def _apply(config: DictConfig, values: list[Override]) -> DictConfig:
     return config
 
 
-def _is_leaf(config: DictConfig, key: str) -> bool:
-    """Whether key names a value in config (a group's key names a container: that job is composed)."""
-    node = OmegaConf.select(config, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
-    return not isinstance(node, Container)
+# OmegaConf.to_yaml's dumper (its representer, which quotes strings that would load as bools or numbers) on
+# libyaml's emitter when PyYAML has it: the same text, about 4× faster, for the three .hydra files of every job.
+_Dumper = get_omega_conf_dumper()
+if yaml.__with_libyaml__:
+
+    class _Dumper(yaml.CDumper):  # type: ignore[no-redef]
+        pass
+
+    _Dumper.add_representer(str, get_omega_conf_dumper().str_representer)
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    """``OmegaConf.to_yaml(cfg)``: the same container, dumped with the same options."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_Dumper)
+
+
+def save_config(cfg: DictConfig | ListConfig, filename: str, output_dir: Path) -> None:
+    """``hydra.core.utils._save_config``, which the basic launcher's run_job calls, writing the same bytes."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / filename).write_text(to_yaml(cfg), encoding="utf-8")
