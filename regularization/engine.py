@@ -87,7 +87,8 @@ def train_epoch(
     total = torch.zeros((), device=data.X_train.device)
     n = len(data.X_train)
     for idx in wrap(minibatches(n, batch_size, generator), math.ceil(n / batch_size)):
-        data_loss = loss(model(data.X_train[idx]), data.y_train[idx])
+        # index_select copies whole rows: on CPU twice as fast as X[idx]'s general gather.
+        data_loss = loss(model(data.X_train.index_select(0, idx)), data.y_train.index_select(0, idx))
         optimizer.zero_grad(set_to_none=True)
         (data_loss + penalty.loss_term()).backward()
         optimizer.step()

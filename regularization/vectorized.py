@@ -196,7 +196,7 @@ class StackedOptimizer:
                 if self.momentum:  # torch starts the buffer at g: μ·0 + g
                     buf = self.m[i].mul_(self.momentum).add_(g)
                     g = g + self.momentum * buf if self.nesterov else buf
-                p.sub_(bcast(self.lr, p) * g)
+                p.addcmul_(g, bcast(-self.lr, p))  # w ← w + (−lr_k)·g in one pass, no [K, …] temporary
                 continue
             (b1, b2), m, v = ADAM_BETAS, self.m[i], self.v[i]
             m.lerp_(g, 1 - b1)

@@ -4,8 +4,8 @@
     dataset + ToTensor + DataLoader, a copy to the device per batch, loss.sum().backward(), per-batch metrics
     read to the host) against the harness's engine.train_epoch on device-resident data;
 (b) a 64-value λ sweep of the weight-decay experiment: `train.py -m` with the basic launcher (jobs one after
-    another) against hydra/launcher=vectorized, both run in this process;
-(c) a 4×4 dropout1 × dropout2 sweep on Fashion-MNIST, 2 epochs: basic against vectorized;
+    another) against hydra/launcher=vectorized, both run in this process, in turns, 3 times each (medians);
+(c) a 4×4 dropout1 × dropout2 sweep on Fashion-MNIST, 2 epochs: basic against vectorized, once each;
 (d) the harness epoch's FLOP rate (forward + backward matmuls) as a share of a large sgemm's, timed here.
 
 For (a) and (c) it also reports the floor: the matmul FLOPs at the sgemm rate, the least time any code can take.
@@ -158,11 +158,15 @@ def run_sweep(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def sweep_ratio(name: str, args: list[str]) -> tuple[float, float]:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    basic = run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-basic-{stamp}'}"])
-    vec = run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-vectorized-{stamp}'}", "hydra/launcher=vectorized"])
-    return basic, vec
+def sweep_ratio(name: str, args: list[str], repeats: int = 1) -> tuple[float, float, dict[str, list[float]]]:
+    """Median wall times of the sweep under the basic and the vectorized launcher, taken in turns, each into
+    a fresh sweep dir; and every time measured."""
+    times: dict[str, list[float]] = {"basic": [], "vectorized": []}
+    for _ in range(repeats):
+        for launcher, extra in (("basic", []), ("vectorized", ["hydra/launcher=vectorized"])):
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            times[launcher].append(run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-{launcher}-{stamp}'}", *extra]))
+    return statistics.median(times["basic"]), statistics.median(times["vectorized"]), times
 
 
 def main() -> None:
@@ -195,12 +199,19 @@ def main() -> None:
 
     n_lambda = 16 if args.quick else 64
     step = 10 / n_lambda
-    basic, vec = sweep_ratio("lambda", ["+experiment=weight_decay", f"reg.lambd=range(0,10,{step})"])
-    rows["b_lambda_sweep"] = {"jobs": n_lambda, "basic_s": basic, "vectorized_s": vec, "speedup": basic / vec, "target": ">= 20"}
+    basic, vec, times = sweep_ratio("lambda", ["+experiment=weight_decay", f"reg.lambd=range(0,10,{step})"], repeats)
+    rows["b_lambda_sweep"] = {
+        "jobs": n_lambda,
+        "basic_s": basic,
+        "vectorized_s": vec,
+        "speedup": basic / vec,
+        "target": ">= 20",
+        "times_s": times,
+    }
 
     rates, epochs = ("0,0.5", 1) if args.quick else ("0,0.2,0.5,0.8", 2)
     dropout = ["+experiment=dropout", f"reg.dropout1={rates}", f"reg.dropout2={rates}", f"trainer.epochs={epochs}"]
-    basic, vec = sweep_ratio("dropout", dropout)
+    basic, vec, times = sweep_ratio("dropout", dropout)  # once: a minute a launcher
     jobs = len(rates.split(",")) ** 2
     # The floor of any launcher: every job's training and per-epoch evaluation matmuls at the sgemm rate.
     floor = jobs * epochs * (mlp_epoch_flops() + mlp_eval_flops()) / peak
@@ -213,6 +224,7 @@ def main() -> None:
         "floor_s": floor,
         "max_speedup": basic / floor,
         "target": ">= 1.5",
+        "times_s": times,
     }
 
     peak = max(peak, sgemm_flops(device))  # timed again: the better of two, on a machine others may load
@@ -238,7 +250,8 @@ def main() -> None:
     write_json_atomic(path, report)
     print(f"device {device} ({machine}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, row in rows.items():
-        print(f"{name:16s} " + "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        cells = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "times_s")
+        print(f"{name:16s} " + "  ".join(cells))
     print(f"wrote {path}")
 
 
