@@ -75,7 +75,7 @@ def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True) -> t
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
     keep = torch.rand_like(H) >= bcast(p, H)
-    return H * keep / bcast(1 - p, H) if inverted else H * keep
+    return H * (keep / bcast(1 - p, H)) if inverted else H * keep
 
 
 class StackedNet:
@@ -331,11 +331,17 @@ def evaluate_all(net: StackedNet, data: StackedData, penalty: StackedPenalty, ob
 
 
 def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.device) -> StackedNet:
-    """Each member's model as engine.train builds it (seed_everything(seed_k), then build_model), stacked."""
-    models = []
+    """Each member's model as engine.train builds it (seed_everything(seed_k), then build_model), stacked.
+
+    The init depends on the seed alone (the members share the model config), so each seed's model is built
+    once: a 64-value λ sweep of one seed builds one model, not 64.
+    """
+    by_seed: dict[int, nn.Module] = {}
     for cfg in cfgs:
-        seed_everything(cfg.seed)
-        models.append(build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device))
+        if cfg.seed not in by_seed:
+            seed_everything(cfg.seed)
+            by_seed[cfg.seed] = build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device)
+    models = [by_seed[cfg.seed] for cfg in cfgs]
     rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("input_dropout", "dropout1", "dropout2")]
     inverted = cfgs[0].reg.get("dropout_style", DropoutStyle.inverted) is DropoutStyle.inverted
     return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted)
