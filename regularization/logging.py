@@ -21,6 +21,7 @@ from typing import IO, Any
 import google_crc32c
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog, SourceMetadata
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -174,9 +175,15 @@ def saved_hydra_config(job_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path).hydra if path.exists() else None
 
 
+@functools.lru_cache(maxsize=65536)
+def parse_override(line: str) -> Override:
+    """Hydra's parse of one override line, by one parser built once, once per distinct line (a sweep's jobs
+    share most of theirs; building the parser takes longer than parsing a job's overrides)."""
+    return _overrides_parser().parse_overrides([line])[0]
+
+
 @functools.cache
-def overrides_parser() -> OverridesParser:
-    """Hydra's override parser, built once (building it takes longer than parsing a job's overrides)."""
+def _overrides_parser() -> OverridesParser:
     return OverridesParser.create()
 
 
@@ -192,7 +199,7 @@ def run_hparams(cfg: DictConfig, hydra: DictConfig | None = None) -> dict[str, H
         hydra = HydraConfig.get()
     if hydra is not None:
         excluded = set(hydra.job.config.override_dirname.exclude_keys)
-        for override in overrides_parser().parse_overrides(list(hydra.overrides.task)):
+        for override in map(parse_override, hydra.overrides.task):
             key = override.key_or_group
             if key in excluded or override.is_delete():
                 continue

@@ -14,6 +14,7 @@ Hydra's own joblib and submitit launchers hand configs to their workers.
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ class SweepComposer:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
         self.bases: dict[tuple, Base] = {}
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one composer per sweep; the cache goes with it
+    def parse(self, line: str) -> Override:
+        """Hydra's parse of one override line, once per distinct line: a sweep's jobs share most of theirs."""
+        return self.parser.parse_overrides([line])[0]
 
     def is_value(self, o: Override) -> bool:
         """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's)."""
@@ -60,7 +66,7 @@ class SweepComposer:
     def _base(self, overrides: Sequence[str]) -> tuple[list[Override], list[Override], Base, bool]:
         """The parsed overrides, the value overrides, a base, and whether the job is derived from that base by
         applying its value overrides (else the base is the job's own composition)."""
-        parsed = self.parser.parse_overrides(list(overrides))
+        parsed = [self.parse(line) for line in overrides]
         is_value = [self.is_value(o) for o in parsed]
         values = [o for o, v in zip(parsed, is_value, strict=True) if v]
         keys = [o.key_or_group for o in parsed]
