@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import IO, Any
@@ -215,25 +216,61 @@ def _session_end(status: str) -> Summary:
     return Summary(value=[Summary.Value(tag=hp_metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))])
 
 
+@dataclass
+class JobLog:
+    """Where Hydra's job logging writes a job's log (``<job name>.log`` in its dir, by default), and its format."""
+
+    path: Path
+    formatter: logging.Formatter
+    records: list[logging.LogRecord] = field(default_factory=list)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.records.append(log.makeRecord(log.name, logging.INFO, __file__, 0, msg, args, None))
+
+    def write(self) -> None:
+        """All the lines at once (a logging.FileHandler would flush after each)."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(self.formatter.format(r) + "\n" for r in self.records)
+
+
+def job_log(hydra: DictConfig | None) -> JobLog | None:
+    """The log file that ``hydra.job_logging`` gives a job (its ``logging.FileHandler``'s file and formatter),
+    for a job whose lines don't pass through Hydra's logging: a member of a vectorized group. None when the
+    job logging writes no file (``hydra/job_logging=disabled``, say), as then a job run alone gets none."""
+    config = hydra.get("job_logging") if hydra is not None else None
+    for handler in (config.get("handlers") or {}).values() if config else ():
+        if handler.get("class") == "logging.FileHandler":
+            fmt = config.get("formatters", {}).get(handler.get("formatter"), {})
+            return JobLog(Path(handler.filename), logging.Formatter(fmt.get("format"), fmt.get("datefmt")))
+    return None
+
+
 class RunLogger:
-    """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``).
+    """TensorBoard event files in the job dir, plus one console line per evaluation (unless ``console=False``),
+    or one line in ``job_log``, written at ``close``.
 
     The run is also one HParams session: ``log_hparams`` at the start, the session's end (with its
     status) at ``close``. Its metrics are the run's own scalars, so the HParams tab shows their
     last values: the final train/test loss, accuracy and ‖w‖.
     """
 
-    def __init__(self, log_dir: Path, epochs: int, console: bool = True, purge_step: int | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, epochs: int, console: bool = True, purge_step: int | None = None, job_log: JobLog | None = None
+    ) -> None:
         # purge_step: TensorBoard hides events at or after this step written before (by a run that died).
         self.writer = EventFile(Path(log_dir), purge_step)
         self.epochs = epochs
         self.console = console
+        self.job_log = job_log
 
     def log_eval(self, epoch: int, metrics: dict[str, float | None]) -> None:
         values = {tag: metrics[key] for key, tag in TAGS.items() if metrics.get(key) is not None and math.isfinite(metrics[key])}
         self.writer.add_scalars(values, epoch)
+        line = ("epoch %*d/%d  %s", len(str(self.epochs)), epoch, self.epochs, format_metrics(metrics))
         if self.console:
-            log.info("epoch %*d/%d  %s", len(str(self.epochs)), epoch, self.epochs, format_metrics(metrics))
+            log.info(*line)
+        if self.job_log is not None:
+            self.job_log.info(*line)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -253,3 +290,7 @@ class RunLogger:
         if status in SESSION_STATUS:
             self.writer.add(Event(summary=_session_end(SESSION_STATUS[status])))
         self.writer.close()
+        if self.job_log is not None:
+            if status is not None:
+                self.job_log.info("%s", status)
+            self.job_log.write()

@@ -35,7 +35,7 @@ from torch import nn
 from regularization.config import DropoutStyle, config_without, impl_of
 from regularization.data import load_data, minibatches
 from regularization.engine import EVAL_BATCH, final_metric, seed_everything
-from regularization.logging import RunLogger, log, run_hparams, saved_hydra_config, write_json_atomic
+from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 
 # The keys in which the members of one stacked group may differ.
@@ -429,7 +429,11 @@ def train_group(
     at Ctrl-C every member is marked interrupted and the process exits 130 (no per-group checkpoint).
     """
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
-    loggers = [RunLogger(d, cfg.trainer.epochs, console=False) for cfg, d in zip(cfgs, out_dirs, strict=True)]
+    logs = [job_log(hydra) for hydra in hydra_cfgs]
+    for k, member_log in enumerate(logs):
+        if member_log is not None:
+            member_log.info("trained as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", k, len(cfgs))
+    loggers = [RunLogger(d, cfg.trainer.epochs, console=False, job_log=jl) for cfg, d, jl in zip(cfgs, out_dirs, logs, strict=True)]
     for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
         logger.log_hparams(run_hparams(cfg, hydra))
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises

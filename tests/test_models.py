@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from regularization.config import Init
 from regularization.models import MLP, build_model, penalized_params
 from regularization.regularizers import Dropout
 
@@ -42,3 +43,19 @@ def test_penalized_params_exclude_biases_unless_asked():
     weights = penalized_params(net, include_bias=False)
     assert [p.shape for p in weights] == [(3, 4), (3, 3), (2, 3)]
     assert len(penalized_params(net, include_bias=True)) == 6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "init", "std"),
+    [
+        ([], Init.normal, 1.0),  # the weight-decay chapter's linear regression: w ~ N(0, 1)
+        (["model=mlp"], Init.default, None),  # an MLP alone keeps PyTorch's init, not N(0, 1)
+        (["+experiment=dropout"], Init.normal, 0.01),  # the dropout chapter's concise init
+        (["+experiment=dropout_recipe"], Init.default, None),
+    ],
+)
+def test_each_model_starts_from_its_own_init(make_cfg, overrides, init, std):
+    cfg = make_cfg(*overrides)
+    assert cfg.model.init is init
+    if std is not None:
+        assert cfg.model.init_std == std

@@ -194,3 +194,22 @@ def test_one_event_per_evaluation_holds_every_scalar(make_cfg, tmp_path):
     assert sorted(acc.Tags()["scalars"]) == ["loss/test", "loss/train"]  # NaN and None are not written
     assert [(e.step, e.value) for e in acc.Scalars("loss/train")] == [(1, 2.0), (2, 1.0)]
     assert [(e.step, e.value) for e in acc.Scalars("loss/test")] == [(1, 3.0), (2, 1.5)]
+
+
+def test_a_vectorized_member_logs_where_hydras_job_logging_would(tmp_path):
+    from regularization.logging import RunLogger, job_log
+
+    file_handler = {"class": "logging.FileHandler", "formatter": "simple", "filename": "${hydra.runtime.output_dir}/job.log"}
+    hydra = OmegaConf.create(
+        {
+            "hydra": {
+                "runtime": {"output_dir": str(tmp_path)},
+                "job_logging": {"formatters": {"simple": {"format": "%(levelname)s|%(message)s"}}, "handlers": {"file": file_handler}},
+            }
+        }
+    ).hydra
+    logger = RunLogger(tmp_path, epochs=10, console=False, job_log=job_log(hydra))
+    logger.log_eval(3, {"train_loss": 0.5, "test_loss": 0.25})
+    logger.close("completed")
+    assert (tmp_path / "job.log").read_text().splitlines() == ["INFO|epoch  3/10  train_loss 0.5  test_loss 0.25", "INFO|completed"]
+    assert job_log(OmegaConf.create({"job_logging": {"handlers": {"console": {"class": "logging.StreamHandler"}}}})) is None

@@ -159,6 +159,11 @@ def test_sweep_leaves_what_the_basic_launcher_leaves(tmp_path):
         assert strip_launcher(v / ".hydra" / "hydra.yaml") == strip_launcher(b / ".hydra" / "hydra.yaml")
         got, want = (json.loads((d / "metrics.json").read_text()) for d in (v, b))
         assert_same_run(got, want)
+        # train.log, where Hydra's job logging puts a job's lines: an "epoch k/4 ..." line per evaluation in both.
+        got_log, want_log = (
+            [line.split(" - ", 1)[1] for line in (d / "train.log").read_text().splitlines() if " - epoch " in line] for d in (v, b)
+        )
+        assert len(got_log) == 4 and [line[:9] for line in got_log] == [line[:9] for line in want_log]
         tags_v, tags_b = event_tags(v), event_tags(b)
         assert tags_v.keys() == tags_b.keys()
         for tag, points in tags_b.items():
