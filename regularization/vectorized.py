@@ -420,10 +420,11 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
 def train_group(
     cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device, hydra_cfgs: list[DictConfig] | None = None
 ) -> list[float]:
-    """engine.train for a group: event files and metrics.json in each member's dir; returns each member's final
-    ``optimize_metric`` (NaN unless it completed).
+    """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
+    member's final ``optimize_metric`` (NaN unless it completed).
 
-    ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows); by default they are read
+    ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows, and where their job
+    logging writes); by default they are read
     from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the group's wall time: the members trained
     together. If the group raises, every member is marked failed with the traceback, as engine.run marks a failed job;
     at Ctrl-C every member is marked interrupted and the process exits 130 (no per-group checkpoint).
