@@ -205,7 +205,46 @@ def test_derived_configs_equal_composed_ones(tmp_path):
             assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(want)
             assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml({k: v for k, v in want.items() if k != "hydra"})
             assert OmegaConf.is_struct(task) and task.reg.lambd == want.reg.lambd
-        assert len(composer.bases) == 3
+        assert len(composer.bases) == 1 + 3  # the master, and the three composed above
+    GlobalHydra.instance().clear()
+
+
+def test_jobs_of_a_plain_sweep_derive_from_the_master(tmp_path, monkeypatch):
+    """The master config, composed with the sweep's own overrides, is the base of every job of a sweep over plain
+    keys: none is composed again, and every config equals Hydra's own."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from tests.conftest import CONF
+
+    sweep = ["+experiment=weight_decay", "reg.lambd=range(0,3,1)", "trainer.epochs=7", "seed=0,1"]
+    jobs = [["+experiment=weight_decay", f"reg.lambd={x}", "trainer.epochs=7", f"seed={seed}"] for x in (0, 1, 2) for seed in (0, 1)]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        want = [loader.load_sweep_config(master, overrides) for overrides in jobs]
+        monkeypatch.setattr(loader, "load_sweep_config", lambda *args: pytest.fail("a job was composed"))
+        for overrides, composed in zip(jobs, want, strict=True):
+            config, task = composer.compose(overrides)
+            assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(composed)
+            assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml({k: v for k, v in composed.items() if k != "hydra"})
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        loader.load_sweep_config = None  # composing a job from here on would fail the test
+        composed = [composer.compose(overrides) for overrides in jobs]
+        del loader.load_sweep_config
+        for overrides, (config, task) in zip(jobs, composed, strict=True):
+            want = loader.load_sweep_config(master, overrides)
+            assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(want)
+            assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml({k: v for k, v in want.items() if k != "hydra"})
+        assert len(composer.bases) == 1
     GlobalHydra.instance().clear()
 
 

@@ -36,21 +36,31 @@ class SweepComposer:
         self.loader, self.master = config_loader, master
         self.parser = OverridesParser.create()
         self.bases: dict[tuple, Base] = {}
+        # The master is composed from the sweep's own overrides with its sweeps (reg.lambd=range(...)) left
+        # unapplied: a job whose sweeps all set plain keys is the master with their values applied.
+        master_overrides = [self.parse(line) for line in master.hydra.overrides.task]
+        self.bases[self.structure(master_overrides, sweeps_are_values=True)] = Base(master)
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019 - one composer per sweep; the cache goes with it
     def parse(self, line: str) -> Override:
         """Hydra's parse of one override line, once per distinct line: a sweep's jobs share most of theirs."""
         return self.parser.parse_overrides([line])[0]
 
-    def is_value(self, o: Override) -> bool:
-        """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's)."""
+    def is_value(self, o: Override, sweeps_are_values: bool = False) -> bool:
+        """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's; a
+        sweep over a plain key only if ``sweeps_are_values``)."""
         return (
             o.type == OverrideType.CHANGE
             and o.package is None
             and not o.is_hydra_override()
-            and not o.is_sweep_override()
+            and (sweeps_are_values or not o.is_sweep_override())
             and not self.loader.repository.group_exists(o.key_or_group)
         )
+
+    def structure(self, parsed: list[Override], sweeps_are_values: bool = False) -> tuple:
+        """What the jobs derived from one base share: their other override lines, in order, and the keys that
+        their value overrides set."""
+        return tuple(("value", o.key_or_group) if self.is_value(o, sweeps_are_values) else ("line", o.input_line) for o in parsed)
 
     def compose(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
         """The job's config and its task config (derived separately: a task config is ~5× smaller)."""
@@ -68,10 +78,9 @@ class SweepComposer:
         """The parsed overrides, the value overrides, a base, and whether the job is derived from that base by
         applying its value overrides (else the base is the job's own composition)."""
         parsed = [self.parse(line) for line in overrides]
-        is_value = [self.is_value(o) for o in parsed]
-        values = [o for o, v in zip(parsed, is_value, strict=True) if v]
+        values = [o for o in parsed if self.is_value(o)]
         keys = [o.key_or_group for o in parsed]
-        structure = tuple(("value", o.key_or_group) if v else ("line", o.input_line) for o, v in zip(parsed, is_value, strict=True))
+        structure = self.structure(parsed)
         base = self.bases.get(structure)
         if base is None or len(set(keys)) < len(keys) or not all(base.is_leaf(o.key_or_group) for o in values):
             composed = Base(self.loader.load_sweep_config(self.master, list(overrides)))
