@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +59,31 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], cfg: DictConfig) -> None:
-    """torch.save into a temp file in the same dir, fsync, rename: a crash leaves the old checkpoint or the new one."""
+    """torch.save into a temp file in the same dir, fsync, rename: a crash leaves the old checkpoint or the new one.
+
+    Ctrl-C waits for the write to end: a KeyboardInterrupt inside torch.save's zip writer turns into a
+    RuntimeError from the writer's cleanup, and the run would end failed instead of interrupted.
+    """
     state = {"format": FORMAT, "config": json.dumps(experiment_config(cfg), sort_keys=True), "rng": rng_states(), **state}
-    with atomic_file(path, "wb") as f:
+    with sigint_deferred(), atomic_file(path, "wb") as f:
         torch.save(state, f)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """SIGINT held back while the block runs, then delivered again to the handler that was there before
+    (Python's raises KeyboardInterrupt). Only the main thread can set signal handlers; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:

@@ -76,9 +76,13 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
     a temp file in the same dir, fsync, rename."""
     path = Path(path)
     with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:  # Ctrl-C or an error mid-write: the old file stands, no temp file is left
+            os.unlink(f.name)
+            raise
     os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it 0600; results are meant to be shared
     os.replace(f.name, path)
 

@@ -194,3 +194,35 @@ def test_bad_checkpoints_are_refused_before_training(make_cfg, tmp_path, monkeyp
     assert not (tmp_path / "pwned").exists()
     if kind == "foreign":
         assert "reg.lambd" in str(info.value)
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(make_cfg, tmp_path, monkeypatch):
+    """Ctrl-C inside torch.save (its zip writer would turn it into a RuntimeError) is raised once the checkpoint
+    is complete, so the run ends interrupted with a readable checkpoint."""
+    from regularization.checkpoint import checkpoint_epoch, save_checkpoint
+
+    cfg = make_cfg()
+    path = tmp_path / CHECKPOINT
+    save = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        signal.raise_signal(signal.SIGINT)
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 7}, cfg)
+    assert checkpoint_epoch(path) == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    from regularization.logging import atomic_file
+
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_file(path) as f:
+        f.write("half of the new")
+        raise KeyboardInterrupt
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
