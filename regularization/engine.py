@@ -249,13 +249,13 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     Ctrl-C leaves status ``interrupted`` and exits 130.
     """
     metrics_path, checkpoint = out_dir / "metrics.json", out_dir / CHECKPOINT
+    previous = completed_result(out_dir, cfg.trainer.epochs) if cfg.resume else None
+    if previous is not None:  # skipped before its checkpoint is read, as the vectorized launcher skips it
+        log.info("already completed, skipping: %s", metrics_path)
+        return final_metric(previous, cfg.optimize_metric)
     resume_from = load_checkpoint(checkpoint, cfg) if cfg.resume and checkpoint.exists() else None
     if resume_from is not None and resume_from["epoch"] > cfg.trainer.epochs:
         raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
-    previous = completed_result(out_dir, cfg.trainer.epochs) if cfg.resume else None
-    if previous is not None:
-        log.info("already completed, skipping: %s", metrics_path)
-        return final_metric(previous, cfg.optimize_metric)
     set_deterministic(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.

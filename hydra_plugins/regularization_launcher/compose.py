@@ -15,14 +15,12 @@ Hydra's own joblib and submitit launchers hand configs to their workers. ``save_
 from __future__ import annotations
 
 import copy
-import functools
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import get_omega_conf_dumper
@@ -33,18 +31,16 @@ class SweepComposer:
     config); ``task(overrides)`` the task config alone. Each call returns fresh configs."""
 
     def __init__(self, config_loader: ConfigLoaderImpl, master: DictConfig) -> None:
-        self.loader, self.master = config_loader, master
-        self.parser = OverridesParser.create()
+        # The harness's parser, which parses each distinct line once (imported here, as the launcher imports
+        # the harness: Hydra loads this plugin before the harness is needed).
+        from regularization.logging import parse_override
+
+        self.loader, self.master, self.parse = config_loader, master, parse_override
         self.bases: dict[tuple, Base] = {}
         # The master is composed from the sweep's own overrides with its sweeps (reg.lambd=range(...)) left
         # unapplied: a job whose sweeps all set plain keys is the master with their values applied.
         master_overrides = [self.parse(line) for line in master.hydra.overrides.task]
         self.bases[self.structure(master_overrides, sweeps_are_values=True)] = Base(master)
-
-    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one composer per sweep; the cache goes with it
-    def parse(self, line: str) -> Override:
-        """Hydra's parse of one override line, once per distinct line: a sweep's jobs share most of theirs."""
-        return self.parser.parse_overrides([line])[0]
 
     def is_value(self, o: Override, sweeps_are_values: bool = False) -> bool:
         """A plain ``key=value`` that Hydra applies to the composed config (not a group choice, not hydra's; a
