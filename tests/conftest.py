@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -87,6 +88,29 @@ def real_data_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return REAL_DATA
+
+
+def slurm_missing() -> str | None:
+    """What keeps sweeps from going through a real SLURM cluster here, or None: sbatch on PATH and SLURM_CONF
+    naming a running cluster (scripts/slurm_local.sh start sets both up)."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH (apt-get install slurm-wlm munge)"
+    if not os.environ.get("SLURM_CONF"):
+        return 'SLURM_CONF is not set (eval "$(scripts/slurm_local.sh start)")'
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if sinfo.returncode != 0 or not {"idle", "mix", "alloc", "comp"} & set(sinfo.stdout.split()):
+        return f"no node up in the cluster of {os.environ['SLURM_CONF']}: {(sinfo.stderr or sinfo.stdout).strip()}"
+    return None
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    """A SLURM cluster to submit to; skips without one, or fails when REQUIRE_SLURM=1."""
+    missing = slurm_missing()
+    if missing is not None:
+        if os.environ.get("REQUIRE_SLURM") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
 
 
 def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
