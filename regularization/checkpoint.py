@@ -6,7 +6,8 @@ import json
 import random
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from regularization.logging import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "regularization-checkpoint/1"
-# Keys a run may change between stopping and resuming: where it runs, where the data live, and how long it trains.
+# Keys a run may change between stopping and resuming: where it runs, where the data live, how long it trains,
+# and how often it checkpoints.
 RESUMABLE_KEYS = (
     "device",
     "resume",
@@ -28,6 +30,8 @@ RESUMABLE_KEYS = (
     "data.download",
     "trainer.epochs",
     "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.checkpoint_min_interval_s",
     "optimize_metric",
     "optimize_direction",
 )
@@ -36,6 +40,38 @@ RESUMABLE_KEYS = (
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     """The config that defines the experiment: a checkpoint only resumes the same one."""
     return config_without(cfg, RESUMABLE_KEYS)
+
+
+class CheckpointCadence:
+    """When a run writes its checkpoint: after epoch e if
+
+        e = epochs  (the last epoch, always), or
+        e ≡ 0 (mod every)  and  t_now − t_last ≥ min_interval_s,
+
+    with t_last the time of the last write (or of the cadence's creation, when training starts).
+    The interval keeps runs of tiny epochs (the weight-decay chapter's 4-step epochs) from writing and
+    fsyncing a checkpoint per epoch; a run killed between writes resumes from the last one and loses
+    at most about min_interval_s of training. Shared by engine.fit and the vectorized launcher.
+    """
+
+    def __init__(self, every: int, min_interval_s: float, epochs: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.min_interval_s, self.epochs, self.clock = every, min_interval_s, epochs, clock
+        self.last_save = clock()
+
+    @classmethod
+    def of(cls, trainer: DictConfig) -> CheckpointCadence:
+        """The cadence a job's ``trainer`` config asks for."""
+        return cls(trainer.checkpoint_every, trainer.checkpoint_min_interval_s, trainer.epochs)
+
+    def due(self, epoch: int) -> bool:
+        """Whether to checkpoint after ``epoch`` (1-based)."""
+        if epoch == self.epochs:
+            return True
+        return epoch % self.every == 0 and self.clock() - self.last_save >= self.min_interval_s
+
+    def saved(self) -> None:
+        """Record that a checkpoint was just written."""
+        self.last_save = self.clock()
 
 
 def rng_states() -> dict[str, Any]:

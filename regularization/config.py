@@ -137,6 +137,8 @@ class TrainerConfig:
     eval_every: int = 1
     deterministic: bool = False
     progress: bool = True  # tqdm bars on stderr, shown only when stderr is a terminal
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always checkpointed)
+    checkpoint_min_interval_s: float = 1.0  # and at least this many seconds since the last one
 
 
 @dataclass
@@ -205,6 +207,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_momentum(cfg.optim)
     _require(cfg.trainer.epochs >= 1, "trainer.epochs", f"must be >= 1, got {cfg.trainer.epochs}")
     _require(cfg.trainer.eval_every >= 1, "trainer.eval_every", f"must be >= 1, got {cfg.trainer.eval_every}")
+    _require(cfg.trainer.checkpoint_every >= 1, "trainer.checkpoint_every", f"must be >= 1, got {cfg.trainer.checkpoint_every}")
+    interval = cfg.trainer.checkpoint_min_interval_s
+    _require(interval >= 0, "trainer.checkpoint_min_interval_s", f"must be >= 0 (0: every checkpoint_every epochs), got {interval}")
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     if cfg.model.name == "mlp":
         for key in ("hidden1", "hidden2"):

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from regularization.checkpoint import CHECKPOINT, checkpoint_epoch, load_checkpoint, save_checkpoint, set_rng_states
+from regularization.checkpoint import CHECKPOINT, CheckpointCadence, checkpoint_epoch, load_checkpoint, save_checkpoint, set_rng_states
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
@@ -157,8 +157,9 @@ def fit(
 ) -> dict:
     """Train for cfg.trainer.epochs; evaluate every eval_every epochs and at the end.
 
-    After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved, so
-    ``resume_from`` (a loaded checkpoint) continues exactly where it stopped. Stops at the first epoch
+    After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved when
+    ``CheckpointCadence`` says it is due (always after the last epoch), so ``resume_from`` (a loaded
+    checkpoint) continues exactly where that checkpoint stopped. Stops at the first epoch
     whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
     partial epoch is dropped and the last checkpoint stands).
     """
@@ -176,6 +177,7 @@ def fit(
         log.info("resuming from %s after epoch %d", checkpoint, done)
     result: dict = {"status": "completed", "epochs": epochs}
     start = time.perf_counter()
+    cadence = CheckpointCadence.of(cfg.trainer)
     with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
         try:
             for epoch in range(done + 1, epochs + 1):
@@ -191,9 +193,10 @@ def fit(
                     result |= {"status": "diverged", "epochs": epoch}
                     break
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                if checkpoint is not None:
+                if checkpoint is not None and cadence.due(epoch):
                     elapsed = wall_s + time.perf_counter() - start
                     save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
+                    cadence.saved()
                 done = epoch
                 progress.epoch_done(metrics)
         except KeyboardInterrupt:

@@ -51,11 +51,13 @@ def wait_for(path: Path, proc: Run, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-WEIGHT_DECAY_ADAM = ["optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.epochs=1500", "trainer.eval_every=50"]
+# A checkpoint after every epoch (no minimum interval), so that a kill lands between two checkpoints mid-run.
+EVERY_EPOCH = "trainer.checkpoint_min_interval_s=0"
+WEIGHT_DECAY_ADAM = ["optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.epochs=1500", "trainer.eval_every=50", EVERY_EPOCH]
 
 
 def dropout_tiny(root: Path) -> list[str]:
-    return ["+experiment=dropout", f"data.root={root}", "data.batch_size=32", "trainer.epochs=150", "trainer.eval_every=5"]
+    return ["+experiment=dropout", f"data.root={root}", "data.batch_size=32", "trainer.epochs=150", "trainer.eval_every=5", EVERY_EPOCH]
 
 
 @pytest.mark.slow
@@ -69,6 +71,8 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()  # it really died mid-training
+    epochs = int(next(a for a in args if a.startswith("trainer.epochs=")).split("=")[1])
+    assert torch.load(killed / CHECKPOINT, weights_only=True)["epoch"] < epochs  # and resumes from a mid-run checkpoint
     resumed = run_train([*args, f"hydra.run.dir={killed}"], tmp_path)
     assert "resuming from" in resumed.stdout
     assert final_metrics(killed) == final_metrics(tmp_path / "straight")  # bitwise: JSON floats round-trip exactly
@@ -145,7 +149,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path, tiny_fashion_root):
 @pytest.mark.slow
 def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "reg.lambd=0,3", "trainer.epochs=1500", "trainer.eval_every=50", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "reg.lambd=0,3", "trainer.epochs=1500", "trainer.eval_every=50", EVERY_EPOCH, f"hydra.sweep.dir={sweep}"]
     first, second = (sweep / f"reg.lambd={lambd},trainer.epochs=1500,trainer.eval_every=50" for lambd in (0, 3))
     proc = Run(args, tmp_path)
     wait_for(second / CHECKPOINT, proc)
@@ -226,3 +230,42 @@ def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_p
         raise KeyboardInterrupt
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checkpoint_cadence_every_k_epochs_at_least_t_apart_and_always_the_last():
+    from regularization.checkpoint import CheckpointCadence
+
+    clock = FakeClock()
+    cadence = CheckpointCadence(every=2, min_interval_s=1.0, epochs=9, clock=clock)
+    written = []
+    for epoch in range(1, 10):
+        clock.now += 0.3  # each epoch takes 0.3 s
+        if cadence.due(epoch):
+            written.append(epoch)
+            cadence.saved()
+    # epoch 4 (1.2 s since the start) and 8 (1.2 s since epoch 4); 6 is too soon; 9 is the last
+    assert written == [4, 8, 9]
+    every_epoch = CheckpointCadence(every=1, min_interval_s=0.0, epochs=3, clock=FakeClock())
+    assert [e for e in (1, 2, 3) if every_epoch.due(e)] == [1, 2, 3]
+
+
+def test_tiny_epochs_write_one_checkpoint_at_the_end(make_cfg, monkeypatch):
+    """The chapter's 100 four-step epochs take well under the default interval: one checkpoint write, the last epoch."""
+    import regularization.engine as engine
+
+    writes = []
+    save = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state, cfg: (writes.append(state["epoch"]), save(path, state, cfg)))
+    cfg = make_cfg("trainer.epochs=100", "trainer.checkpoint_min_interval_s=3600")
+    out = Path(cfg.hydra.runtime.output_dir)
+    train(cfg, preflight(cfg), out)
+    assert writes == [100]
+    assert torch.load(out / CHECKPOINT, weights_only=True)["epoch"] == 100
