@@ -1,4 +1,8 @@
-"""Datasets, loaded once into tensors on the run's device and served as index slices."""
+"""Datasets, loaded once into tensors on the run's device and served as index slices.
+
+torchvision is imported where Fashion-MNIST is read, not at the top: it pulls in torch._dynamo (about a
+second of start-up), which the synthetic data never need.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torchvision.datasets import FashionMNIST
-from torchvision.datasets.utils import extract_archive
 
 from regularization.config import ConfigError
 
@@ -47,7 +49,8 @@ def synthetic_regression(n_train: int, n_test: int, num_inputs: int, noise: floa
 
 
 def fashion_mnist_dir(root: str | Path) -> Path:
-    return Path(root) / FashionMNIST.__name__ / "raw"
+    """Where torchvision's FashionMNIST(root) reads its raw files."""
+    return Path(root) / "FashionMNIST" / "raw"
 
 
 def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
@@ -56,6 +59,9 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
     Gzipped originals in the raw folder are extracted in place (no network); with
     ``download`` torchvision fetches what is missing.
     """
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import extract_archive
+
     raw = fashion_mnist_dir(root)
     names = [Path(url).name for url, _ in FashionMNIST.resources]
     missing = [n for n in names if not (raw / n.removesuffix(".gz")).exists()]
@@ -75,6 +81,7 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
 
 def fashion_mnist(root: str | Path) -> Dataset:
     """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels."""
+    from torchvision.datasets import FashionMNIST
 
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ds = FashionMNIST(str(root), train=train, download=False)

@@ -25,7 +25,6 @@ from regularization.data import Dataset, check_data, load_data, minibatches
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
 from regularization.models import build_model, penalized_params
 from regularization.parallel import job_device, set_job_threads
-from regularization.plots import save_run_curves
 from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 
@@ -76,7 +75,11 @@ def train_epoch(
     max_norm: float | None = None,
     wrap: Callable[[Iterable, int], Iterable] = lambda batches, total: batches,
 ) -> torch.Tensor:
-    """One shuffled pass over the training set; returns the mean objective (loss + λ·Ω) on the device.
+    """One shuffled pass over the training set; returns the mean objective on the device,
+
+        (1/n) Σ_batches |B|·(L_B(w) + λ·Ω(w)),
+
+    each batch's term taken at the weights w before its step (the weights its loss was computed with).
 
     With ``max_norm`` = c, every step ends by projecting each unit's incoming weights onto ‖w_j‖₂ ≤ c.
     ``wrap(batches, count)`` may wrap the batches, in a progress bar say.
@@ -89,14 +92,17 @@ def train_epoch(
     for idx in wrap(minibatches(n, batch_size, generator), math.ceil(n / batch_size)):
         # index_select copies whole rows: on CPU twice as fast as X[idx]'s general gather.
         data_loss = loss(model(data.X_train.index_select(0, idx)), data.y_train.index_select(0, idx))
+        # λ·Ω(w) at the weights data_loss was computed with, before the step moves them: the objective's penalty
+        with torch.set_grad_enabled(penalty.in_loss):
+            term = penalty.value()
         optimizer.zero_grad(set_to_none=True)
-        (data_loss + penalty.loss_term()).backward()
+        (data_loss + term if penalty.in_loss else data_loss).backward()
         optimizer.step()
         penalty.after_step(lr)
         if max_norm is not None:
             max_norm_linear_(model, max_norm)
         with torch.no_grad():
-            total += (data_loss + penalty.value()) * len(idx)
+            total += (data_loss + term) * len(idx)
     return total / len(data.X_train)
 
 
@@ -277,6 +283,8 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     if result["status"] == "interrupted":
         raise SystemExit(130)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep draws all its jobs at its end, in the sweep dir
+        from regularization.plots import save_run_curves  # matplotlib, imported where it draws
+
         save_run_curves(out_dir, result["history"])
     return final_metric(result, cfg.optimize_metric)
 

@@ -10,6 +10,7 @@ from torch import nn
 from regularization.config import DropoutStyle
 
 Params = Iterable[torch.Tensor]
+IN_LOSS = ("penalty", "subgradient")  # the implementations that add λ·Ω(w) to the loss
 
 
 def l2_penalty(params: Params) -> torch.Tensor:
@@ -117,17 +118,13 @@ class WeightPenalty:
     def __init__(self, kind: str, lambd: float, impl: str | None, params: list[nn.Parameter]) -> None:
         self.kind, self.lambd, self.impl, self.params = kind, lambd, impl, params
         self.omega = {"l2": l2_penalty, "l1": l1_penalty}.get(kind)
+        self.in_loss = impl in IN_LOSS  # autograd differentiates the term; otherwise it is only logged
 
     def value(self) -> torch.Tensor:
         """λ·Ω(w), whichever implementation applies it."""
         if self.omega is None or self.lambd == 0:
             return torch.tensor(0.0)
         return self.lambd * self.omega(self.params)
-
-    def loss_term(self) -> torch.Tensor:
-        """What to add to the loss: λ·Ω(w) for the in-loss implementations, else 0."""
-        in_loss = self.impl in ("penalty", "subgradient")
-        return self.value() if in_loss else torch.tensor(0.0)
 
     def param_groups(self, params: list[nn.Parameter]) -> list[dict]:
         """Optimizer groups: weight_decay = λ on the penalized weights only, for impl=weight_decay."""

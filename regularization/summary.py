@@ -13,7 +13,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.experimental.callback import Callback
@@ -21,7 +21,9 @@ from omegaconf import DictConfig
 
 from regularization.logging import TAGS, log, write_text_atomic
 from regularization.parallel import long_lived_heap_frozen
-from regularization.plots import Setting, save_sweep_plots
+
+if TYPE_CHECKING:
+    from regularization.plots import Setting
 
 COLUMNS = ["job", "status", "epochs", "train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "sparsity", "wall_s"]
 STATS = ["train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "sparsity", "wall_s"]
@@ -219,6 +221,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], stats: list[dict[
 
 def sweep_settings(jobs: list[Job], key: str | None) -> list[Setting]:
     """The completed jobs of each setting, as the plots take them (failed and diverged jobs are left out)."""
+    from regularization.plots import Setting
+
     shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
     settings = []
     for group in group_by_setting(jobs).values():
@@ -241,6 +245,8 @@ def summarize_sweep(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[st
     write_summary(sweep_dir, rows, stats)
     key = swept_key(jobs)
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
+    from regularization.plots import save_sweep_plots  # matplotlib, imported when a sweep ends (and Hydra starts faster)
+
     save_sweep_plots(sweep_dir, sweep_settings(jobs, key), key, classification)
     return rows, stats
 

@@ -37,6 +37,7 @@ from regularization.data import load_data, minibatches
 from regularization.engine import EVAL_BATCH, final_metric, seed_everything
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
+from regularization.regularizers import IN_LOSS
 
 # The keys in which the members of one stacked group may differ.
 STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
@@ -138,6 +139,7 @@ class StackedPenalty:
 
     def __init__(self, kind: str, impl: str | None, lambd: torch.Tensor, params: list[torch.Tensor]) -> None:
         self.kind, self.impl, self.lambd, self.params = kind, impl, lambd, params
+        self.in_loss = impl in IN_LOSS
 
     def omega(self) -> torch.Tensor:
         if self.kind == "l2":
@@ -149,10 +151,6 @@ class StackedPenalty:
         if self.kind == "none":
             return torch.zeros_like(self.lambd)
         return torch.where(self.lambd == 0, 0.0, self.lambd * self.omega())
-
-    def loss_term(self) -> torch.Tensor:
-        """[K]: what the loss adds, λ_k·Ω(w_k) for the in-loss implementations, else 0."""
-        return self.value() if self.impl in ("penalty", "subgradient") else torch.zeros_like(self.lambd)
 
     def weight_decay(self) -> dict[int, torch.Tensor]:
         """λ_k as the optimizer's weight decay on the penalized tensors, for impl=weight_decay."""
@@ -284,19 +282,22 @@ def train_epoch(
     batches: Iterator[torch.Tensor],
     max_norm: float | None = None,
 ) -> torch.Tensor:
-    """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω), [K], on the device."""
+    """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω, the penalty taken
+    before each step as engine.train_epoch takes it), [K], on the device."""
     n = data.X_train.shape[-2]
     total = torch.zeros_like(optimizer.lr)
     for idx in batches:
         data_loss = member_losses(net(data.take(data.X_train, idx), train=True), data.take(data.y_train, idx), data.classification)
+        with torch.set_grad_enabled(penalty.in_loss):  # [K] λ_k·Ω(w_k) before the step, as engine.train_epoch takes it
+            term = penalty.value()
         optimizer.zero_grad()
-        (data_loss + penalty.loss_term()).sum().backward()
+        (data_loss + term if penalty.in_loss else data_loss).sum().backward()
         optimizer.step()
         penalty.after_step(optimizer.lr)
         if max_norm is not None:
             net.max_norm_(max_norm)
         with torch.no_grad():
-            total += (data_loss + penalty.value()) * idx.shape[-1]
+            total += (data_loss + term) * idx.shape[-1]
     return total / n
 
 

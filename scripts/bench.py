@@ -6,13 +6,16 @@
 (b) a 64-value λ sweep of the weight-decay experiment: `train.py -m` with the basic launcher (jobs one after
     another) against hydra/launcher=vectorized, both run in this process, in turns, 3 times each (medians);
 (c) a 4×4 dropout1 × dropout2 sweep on Fashion-MNIST, 2 epochs: basic against vectorized, once each;
-(d) the harness epoch's FLOP rate (forward + backward matmuls) as a share of a large sgemm's, timed here.
+(d) the harness epoch's FLOP rate (forward + backward matmuls) as a share of a large sgemm's, timed here;
+(s) start-up: `python train.py -m reg.lambd=0,3` (what `make run` runs) as a whole process against
+    `python -c "import torch"`, 5 of each in turns (medians); the least any torch program can take.
 
 For (a) and (c) it also reports the floor: the matmul FLOPs at the sgemm rate, the least time any code can take.
 Both sweeps run through train.py's Hydra app in this process, with the same torch thread count; the basic
 launcher's jobs do what a user's do (preflight, per-epoch checkpoints, event files, metrics.json).
 
-Prints a table and writes outputs/bench/bench-<time>.json. Run: python scripts/bench.py [--quick] [--threads N]
+Prints a table and writes outputs/bench/bench-<time>.json. Run: python scripts/bench.py [--quick] [--threads N],
+or python scripts/bench.py --startup for row (s) alone.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import io
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -169,10 +174,62 @@ def sweep_ratio(name: str, args: list[str], repeats: int = 1) -> tuple[float, fl
     return statistics.median(times["basic"]), statistics.median(times["vectorized"]), times
 
 
+# (s) Start-up, as whole processes.
+def process_time(argv: list[str]) -> float:
+    """Wall time of a fresh process running argv in the repository root (its output discarded)."""
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def startup_ratio(repeats: int = 5) -> dict:
+    """`python train.py -m reg.lambd=0,3` (into a fresh sweep dir each time) against `python -c "import torch"`,
+    in turns, so that both see the same load; medians of `repeats` each."""
+    times: dict[str, list[float]] = {"make_run": [], "import_torch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            times["import_torch"].append(process_time([sys.executable, "-c", "import torch"]))
+            sweep = ["train.py", "-m", "reg.lambd=0,3", f"hydra.sweep.dir={Path(tmp) / str(i)}", "trainer.progress=false"]
+            times["make_run"].append(process_time([sys.executable, *sweep]))
+    make_run, import_torch = statistics.median(times["make_run"]), statistics.median(times["import_torch"])
+    return {"make_run_s": make_run, "import_torch_s": import_torch, "ratio": make_run / import_torch, "target": "<= 2.0", "times_s": times}
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def write_report(device: torch.device, rows: dict[str, dict], quick: bool, load_before: tuple[float, ...]) -> Path:
+    """Print the rows and write them, with the machine and the load, to outputs/bench/bench-<time>.json."""
+    machine = machine_name(device)
+    report = {
+        "device": str(device),
+        "machine": machine,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "quick": quick,
+        "date": datetime.now().strftime("%Y-%m-%d"),
+        "load_average_before_after": [load_before, os.getloadavg()],
+        "results": rows,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    write_json_atomic(path, report)
+    print(f"device {device} ({machine}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, row in rows.items():
+        cells = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "times_s")
+        print(f"{name:16s} " + "  ".join(cells))
+    print(f"wrote {path}")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps (16 λ values, a 2×2 dropout grid, 1 epoch)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--startup", action="store_true", help="row (s) alone: start-up against import torch")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,6 +238,9 @@ def main() -> None:
     repeats = 2 if args.quick else 3
     load_before = os.getloadavg()  # other processes' load skews every number: recorded with them
     rows: dict[str, dict] = {}
+    if args.startup:
+        write_report(device, {"s_startup": startup_ratio()}, args.quick, load_before)
+        return
 
     peak = sgemm_flops(device)
     chapter = median_time(chapter_epoch_fn(device), repeats, device=device)
@@ -231,28 +291,8 @@ def main() -> None:
     achieved = mlp_epoch_flops() / harness
     rows["d_matmul_share"] = {"epoch_gflops": achieved / 1e9, "sgemm_gflops": peak / 1e9, "share": achieved / peak, "target": ">= 0.65"}
 
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    )
-    report = {
-        "device": str(device),
-        "machine": machine,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "quick": args.quick,
-        "load_average_before_after": [load_before, os.getloadavg()],
-        "results": rows,
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    write_json_atomic(path, report)
-    print(f"device {device} ({machine}), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name, row in rows.items():
-        cells = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "times_s")
-        print(f"{name:16s} " + "  ".join(cells))
-    print(f"wrote {path}")
+    rows["s_startup"] = startup_ratio()
+    write_report(device, rows, args.quick, load_before)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Training math in-process: λ means the same in both l2 implementations, proximal l1 gives zeros, eval mode."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +84,30 @@ def test_penalized_weights_norm_is_logged(make_cfg, tmp_path):
     model, result, _ = train_model(make_cfg("trainer.epochs=2"), tmp_path / "a")
     assert result["weight_l2_norm"] == pytest.approx(model.weight.norm().item(), rel=1e-6)
     assert penalized_params(model, include_bias=False) == [model.weight]
+
+
+@pytest.mark.parametrize("impl", ["penalty", "weight_decay"])
+def test_logged_objective_is_taken_at_the_pre_step_weights(make_cfg, tmp_path, impl):
+    """One full-batch SGD step of the linear model: loss/objective = ½·mean((Xw + b − y)²) + λ/2·‖w‖² at the initial w,
+    computed by hand, in a single run and in a stacked member alike (not at the weights after the step)."""
+    from regularization.vectorized import train_group
+
+    overrides = ["reg.lambd=3", f"reg.impl={impl}", "trainer.epochs=1", "data.batch_size=20"]  # n_train = 20: one step
+    cfg = make_cfg(*overrides)
+    seed_everything(cfg.seed)
+    data = load_data(cfg, torch.device("cpu"))
+    model = build_model(cfg, data.num_inputs, data.num_outputs)
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    residual = data.X_train @ w.T + b - data.y_train
+    by_hand = (residual.pow(2).mean() / 2 + 3 / 2 * w.pow(2).sum()).item()
+    lr = cfg.optim.lr
+    after = w - lr * (data.X_train.T @ residual / 20).T - lr * 3 * w  # the weights after the step
+    assert 3 / 2 * after.pow(2).sum().item() != pytest.approx(3 / 2 * w.pow(2).sum().item(), rel=1e-4)  # the step moves Ω
+
+    _, result, _ = train_model(cfg, tmp_path / "single")
+    assert result["history"][0]["objective"] == pytest.approx(by_hand, rel=1e-5)
+    members = [make_cfg(*overrides), make_cfg(*overrides, "reg.lambd=0.5")]
+    dirs = [Path(m.hydra.runtime.output_dir) for m in members]
+    train_group(members, dirs, torch.device("cpu"))
+    stacked = json.loads((dirs[0] / "metrics.json").read_text())
+    assert stacked["history"][0]["objective"] == pytest.approx(by_hand, rel=1e-5)

@@ -84,15 +84,15 @@ def _linear():
     return nn.Linear(3, 1)
 
 
-def test_weight_penalty_value_and_loss_term():
+def test_weight_penalty_value_and_where_it_applies():
     model = _linear()
     pen = WeightPenalty("l2", 3.0, "penalty", [model.weight])
     expected = 3.0 * model.weight.detach().pow(2).sum() / 2
     assert pen.value().item() == pytest.approx(expected.item())
-    assert pen.loss_term().item() == pytest.approx(expected.item())
+    assert pen.in_loss  # added to the loss
     decay = WeightPenalty("l2", 3.0, "weight_decay", [model.weight])
     assert decay.value().item() == pytest.approx(expected.item())  # still logged
-    assert decay.loss_term().item() == 0.0  # but applied by the optimizer, not the loss
+    assert not decay.in_loss  # but applied by the optimizer, not the loss
 
 
 def test_weight_decay_groups_penalize_weights_only():
