@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import signal
@@ -74,33 +75,59 @@ class CheckpointCadence:
         self.last_save = self.clock()
 
 
-def rng_states() -> dict[str, Any]:
-    """Python's, numpy's, torch's and every CUDA device's RNG state, in types torch.load(weights_only=True) accepts."""
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Python's, numpy's and torch's CPU RNG states, and the job's own CUDA device's (dropout draws from it), in types
+    torch.load(weights_only=True) accepts. Only that one device is read: on a CPU job, CUDA is never initialised."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "device": device.type,
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """``rng_states``' states back; the saved CUDA state goes to ``device``, whichever GPU index wrote it."""
     random.setstate(states["python"])
     name, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
-    if states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if device.type == "cuda" and isinstance(states.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any], cfg: DictConfig) -> None:
+def generator_state(generator: torch.Generator) -> dict[str, Any]:
+    """The generator's state with its device type: a CUDA generator's state (seed and offset, 16 bytes) does not
+    fit a CPU one's (Mersenne Twister, 5,056 bytes), so a resume on another device type must know which it holds."""
+    return {"device": generator.device.type, "state": generator.get_state()}
+
+
+def restore_generator(generator: torch.Generator, saved: dict[str, Any] | torch.Tensor) -> bool:
+    """Continue ``saved``'s stream in ``generator``; returns whether it continues exactly.
+
+    Saved on another device type, the state cannot be set: the generator is seeded from a hash of the saved state
+    instead, so the same checkpoint always resumes the same way, but the stream differs from an uninterrupted run's.
+    A bare state (format /1 checkpoints) is told apart by its size.
+    """
+    if isinstance(saved, torch.Tensor):
+        saved = {"device": generator.device.type if saved.numel() == generator.get_state().numel() else "other", "state": saved}
+    if saved["device"] == generator.device.type:
+        generator.set_state(saved["state"])
+        return True
+    digest = hashlib.blake2b(saved["state"].numpy().tobytes(), digest_size=8).digest()
+    generator.manual_seed(int.from_bytes(digest) >> 1)  # manual_seed takes a non-negative int64
+    return False
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], cfg: DictConfig, device: torch.device) -> None:
     """torch.save into a temp file in the same dir, fsync, rename: a crash leaves the old checkpoint or the new one.
 
     Ctrl-C waits for the write to end: a KeyboardInterrupt inside torch.save's zip writer turns into a
     RuntimeError from the writer's cleanup, and the run would end failed instead of interrupted.
     """
-    state = {"format": FORMAT, "config": json.dumps(experiment_config(cfg), sort_keys=True), "rng": rng_states(), **state}
+    state = {"format": FORMAT, "config": json.dumps(experiment_config(cfg), sort_keys=True), "rng": rng_states(device), **state}
     with sigint_deferred(), atomic_file(path, "wb") as f:
         torch.save(state, f)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 import traceback
@@ -19,9 +18,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from regularization.checkpoint import CHECKPOINT, CheckpointCadence, checkpoint_epoch, load_checkpoint, save_checkpoint, set_rng_states
+from regularization.checkpoint import (
+    CHECKPOINT,
+    CheckpointCadence,
+    checkpoint_epoch,
+    generator_state,
+    load_checkpoint,
+    restore_generator,
+    save_checkpoint,
+    set_rng_states,
+)
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
+from regularization.gpu import (
+    check_deterministic_workspace,
+    failure_message,
+    is_sticky_cuda_error,
+    release_cached_memory,
+    sticky_cuda_error,
+)
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
 from regularization.models import build_model, penalized_params
 from regularization.parallel import job_device, set_job_threads
@@ -47,9 +62,8 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic(on: bool) -> None:
-    """torch's deterministic algorithms, for bitwise-repeatable GPU runs; cuBLAS needs a fixed workspace for them."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """torch's deterministic algorithms, for bitwise-repeatable GPU runs. cuBLAS's fixed workspace, which they need,
+    is set when the package is imported (``gpu.use_deterministic_workspace``) and checked by ``preflight``."""
     torch.use_deterministic_algorithms(on)
 
 
@@ -147,7 +161,7 @@ def training_state(
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
+        "generator": generator_state(generator),
         "history": history,
         "wall_s": wall_s,
     }
@@ -171,16 +185,23 @@ def fit(
     """
     penalty = make_penalty(cfg, model)
     optimizer = make_optimizer(cfg, model, penalty)
-    generator = torch.Generator(device=data.X_train.device).manual_seed(cfg.seed)
+    device = data.X_train.device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     epochs, every = cfg.trainer.epochs, cfg.trainer.eval_every
     done, history, wall_s = 0, [], 0.0
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
-        generator.set_state(resume_from["generator"])
-        set_rng_states(resume_from["rng"])
+        exact = restore_generator(generator, resume_from["generator"])
+        set_rng_states(resume_from["rng"], device)
         done, history, wall_s = resume_from["epoch"], resume_from["history"], resume_from["wall_s"]
         log.info("resuming from %s after epoch %d", checkpoint, done)
+        if not exact or resume_from["rng"].get("device", device.type) != device.type:
+            log.warning(
+                "the checkpoint was written on another device type than %s: training continues, but not bitwise as an "
+                "uninterrupted run (the batch order and dropout masks are drawn anew from here, the same way at every resume)",
+                device.type,
+            )
     result: dict = {"status": "completed", "epochs": epochs}
     start = time.perf_counter()
     cadence = CheckpointCadence.of(cfg.trainer)
@@ -201,7 +222,7 @@ def fit(
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
                 if checkpoint is not None and cadence.due(epoch):
                     elapsed = wall_s + time.perf_counter() - start
-                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg)
+                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg, device)
                     cadence.saved()
                 done = epoch
                 progress.epoch_done(metrics)
@@ -223,6 +244,7 @@ def preflight(cfg: DictConfig) -> torch.device:
     """Everything checked before training: the config's values, the device and the data."""
     validate(cfg)
     device = resolve_device(job_device(cfg.device))
+    check_deterministic_workspace(cfg.trainer.deterministic, device)
     check_data(cfg)
     return device
 
@@ -231,7 +253,9 @@ def run(cfg: DictConfig) -> float:
     """Check, train and write one Hydra job's results; returns the final ``optimize_metric`` (NaN if none).
 
     A job that raises while training writes status ``failed`` and its traceback into its dir. In a multirun
-    it then returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero).
+    it then returns NaN so that the other jobs go on (the sweep summary reports it and the sweep exits non-zero),
+    unless the error broke the process's CUDA context (a device-side assert, say): that stops the sweep.
+    At the job's end its cached CUDA memory is given back.
     """
     device = preflight(cfg)
     set_job_threads()
@@ -240,13 +264,17 @@ def run(cfg: DictConfig) -> float:
         return train(cfg, device, out_dir)
     except ConfigError:  # a checkpoint that doesn't fit: nothing trained, nothing to record
         raise
-    except Exception:
+    except Exception as err:
         (out_dir / "traceback.txt").write_text(traceback.format_exc())
-        write_json_atomic(out_dir / "metrics.json", {"status": "failed", "error": traceback.format_exc(limit=0).strip()})
+        write_json_atomic(out_dir / "metrics.json", {"status": "failed", "error": failure_message(err, "a smaller data.batch_size")})
+        if is_sticky_cuda_error(err):
+            raise sticky_cuda_error(err, f"the job in {out_dir}") from None
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         log.exception("job failed; traceback in %s", out_dir / "traceback.txt")
         return math.nan
+    finally:
+        release_cached_memory(device)
 
 
 def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:

@@ -119,11 +119,12 @@ class WeightPenalty:
         self.kind, self.lambd, self.impl, self.params = kind, lambd, impl, params
         self.omega = {"l2": l2_penalty, "l1": l1_penalty}.get(kind)
         self.in_loss = impl in IN_LOSS  # autograd differentiates the term; otherwise it is only logged
+        self.zero = torch.zeros((), device=params[0].device if params else None)  # made once, not per step
 
     def value(self) -> torch.Tensor:
         """λ·Ω(w), whichever implementation applies it."""
         if self.omega is None or self.lambd == 0:
-            return torch.tensor(0.0)
+            return self.zero
         return self.lambd * self.omega(self.params)
 
     def param_groups(self, params: list[nn.Parameter]) -> list[dict]:

@@ -34,7 +34,7 @@ from torch import nn
 
 from regularization.config import DropoutStyle, config_without, impl_of
 from regularization.data import load_data, minibatches
-from regularization.engine import EVAL_BATCH, final_metric, seed_everything
+from regularization.engine import EVAL_BATCH, final_metric, seed_everything, set_deterministic
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
@@ -367,6 +367,7 @@ def step_flops(net: StackedNet, batch_size: int) -> int:
 
 def fit_group(cfgs: list[DictConfig], loggers: list[RunLogger], device: torch.device) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s)."""
+    set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS

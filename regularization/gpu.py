@@ -1,0 +1,77 @@
+"""What running on CUDA needs beyond moving tensors: cuBLAS's deterministic workspace, errors that poison the
+process's CUDA context, out-of-memory advice, and giving cached memory back when a job ends."""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+
+from regularization.config import ConfigError
+
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+# The values with which cuBLAS is deterministic (PyTorch's "Reproducibility" notes): 8 buffers of 4 MiB or of 16 KiB.
+DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")
+# Messages of CUDA errors after which the context is unusable: every later CUDA call in the process fails too.
+STICKY_CUDA_ERRORS = (
+    "device-side assert",
+    "illegal memory access",
+    "CUDA error: an illegal",
+    "unspecified launch failure",
+    "misaligned address",
+    "CUDA error: uncorrectable ECC",
+)
+
+
+def use_deterministic_workspace() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG unless the user did. cuBLAS reads it once per process, at the first cuBLAS call,
+    so this must run before any CUDA work (the package does it on import): then ``trainer.deterministic=true`` works
+    in any job of a sweep, even after jobs without it. 8 × 4 MiB is cuBLAS's default size on recent GPUs."""
+    os.environ.setdefault(CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACES[0])
+
+
+def check_deterministic_workspace(deterministic: bool, device: torch.device) -> None:
+    """A CUDA job with ``trainer.deterministic=true`` needs one of cuBLAS's deterministic workspaces: a user's
+    other value would make its first matmul raise, after training started."""
+    value = os.environ.get(CUBLAS_WORKSPACE)
+    if deterministic and device.type == "cuda" and value not in DETERMINISTIC_WORKSPACES:
+        raise ConfigError(
+            f"Invalid config: trainer.deterministic: true needs {CUBLAS_WORKSPACE}={' or '.join(DETERMINISTIC_WORKSPACES)} "
+            f"on CUDA, but the environment sets {value!r}; unset it (the harness then sets {DETERMINISTIC_WORKSPACES[0]}) "
+            "or use one of those"
+        )
+
+
+class StickyCudaError(SystemExit):
+    """A CUDA error that broke the process's CUDA context: the sweep stops, since every later job would fail too.
+
+    A SystemExit, not an Exception: Hydra's launchers record an Exception as one failed job and go on to the next.
+    Python prints its message (no traceback) and exits 1.
+    """
+
+
+def is_sticky_cuda_error(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in STICKY_CUDA_ERRORS)
+
+
+def sticky_cuda_error(err: BaseException, where: str) -> StickyCudaError:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return StickyCudaError(
+        f"CUDA error in {where}: {first_line}\n"
+        "This error leaves the process's CUDA context unusable, so the sweep stops here (its later jobs would all fail). "
+        "Rerun with CUDA_LAUNCH_BLOCKING=1 to find the failing kernel; a rerun into the same sweep dir skips the completed jobs."
+    )
+
+
+def failure_message(err: BaseException, remedy: str) -> str:
+    """The error metrics.json records (``ExcType: message``); out of memory, it adds what to shrink (``remedy``)."""
+    message = "".join(traceback.format_exception_only(err)).strip()
+    return f"{message}\nOut of GPU memory: try {remedy}." if isinstance(err, torch.OutOfMemoryError) else message
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the job's cached CUDA blocks back to the driver once its tensors are gone, so that the next job (or
+    another process on the GPU) can use them. Nothing on a CPU job: CUDA is not touched."""
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
