@@ -215,7 +215,7 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(make_cfg, tmp_path
 
     monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"epoch": 7}, cfg)
+        save_checkpoint(path, {"epoch": 7}, cfg, torch.device("cpu"))
     assert checkpoint_epoch(path) == 7
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
 
