@@ -295,6 +295,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
     set_deterministic(cfg.trainer.deterministic)
     seed_everything(cfg.seed)
+    log.info("training on %s", device)
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
     logger = RunLogger(out_dir, cfg.trainer.epochs, purge_step=resume_from["epoch"] + 1 if resume_from else 1)
     logger.log_hparams(run_hparams(cfg))  # first, so that a job that fails still has its HParams row

@@ -3,6 +3,7 @@ process's CUDA context, out-of-memory advice, and giving cached memory back when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import traceback
 
@@ -58,8 +59,8 @@ def is_sticky_cuda_error(err: BaseException) -> bool:
 def sticky_cuda_error(err: BaseException, where: str) -> StickyCudaError:
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return StickyCudaError(
-        f"CUDA error in {where}: {first_line}\n"
-        "This error leaves the process's CUDA context unusable, so the sweep stops here (its later jobs would all fail). "
+        f"{first_line} (in {where})\n"
+        "This CUDA error leaves the process's CUDA context unusable, so the sweep stops here: its later jobs would all fail. "
         "Rerun with CUDA_LAUNCH_BLOCKING=1 to find the failing kernel; a rerun into the same sweep dir skips the completed jobs."
     )
 
@@ -74,4 +75,5 @@ def release_cached_memory(device: torch.device) -> None:
     """Give the job's cached CUDA blocks back to the driver once its tensors are gone, so that the next job (or
     another process on the GPU) can use them. Nothing on a CPU job: CUDA is not touched."""
     if device.type == "cuda" and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        with contextlib.suppress(RuntimeError):  # a context broken by a sticky error (being reported) frees nothing
+            torch.cuda.empty_cache()

@@ -12,9 +12,12 @@ The vectorized launcher and the sweep summary make thousands of small objects pe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import torch
@@ -31,12 +34,71 @@ def gpu_for_job(job_num: int, n_gpus: int) -> str:
     return f"cuda:{job_num % n_gpus}" if n_gpus > 1 else "cuda"
 
 
+def runs_jobs_side_by_side(launcher: DictConfig) -> bool:
+    """Whether a Hydra launcher runs a sweep's jobs at once, each in a process of its own: joblib's and submitit's.
+    Only then does spreading jobs over GPUs gain anything; a launcher that runs them one after another in one
+    process would hold a CUDA context and cached memory on every GPU it visited."""
+    target = str(launcher.get("_target_", ""))
+    return target.endswith("JoblibLauncher") or ".hydra_submitit_launcher." in target
+
+
 def job_device(name: str) -> str:
-    """``device`` for this Hydra job: ``auto`` spreads a sweep's jobs over the visible GPUs, other names stay."""
+    """``device`` for this Hydra job: ``auto`` spreads a sweep's jobs over the visible GPUs (job k on GPU k mod N)
+    under a launcher that runs them side by side, and keeps them all on the first GPU otherwise; other names stay."""
     if name != "auto":
         return name
-    job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if HydraConfig.initialized() else 0
+    spread = HydraConfig.initialized() and runs_jobs_side_by_side(HydraConfig.get().launcher)
+    job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if spread else 0
     return gpu_for_job(job_num or 0, torch.cuda.device_count())
+
+
+def group_devices(names: list[str], n_gpus: int) -> list[str]:
+    """Where each group of the vectorized launcher trains, given each group's ``device``: the groups on ``auto``
+    take cuda:(g mod N) in turn (g counts those groups), as joblib's jobs take GPU k mod N; the others stay."""
+    auto = iter(range(len(names)))
+    return [gpu_for_job(next(auto), n_gpus) if name == "auto" else name for name in names]
+
+
+def run_per_device(tasks: list[tuple[torch.device, Callable[[], None]]], stop: threading.Event) -> None:
+    """Run the tasks: one device's in order, different devices' at the same time, a thread per device (CUDA
+    kernels run without the GIL, so one process drives every GPU). With one device, all run in this thread.
+
+    A task that raises (a sticky CUDA error, say) sets ``stop``, as Ctrl-C does, and the other devices' threads
+    start no further task; tasks may watch ``stop`` to end early. The first error is raised here once every
+    thread has ended; after Ctrl-C, the first task's error or else KeyboardInterrupt.
+    """
+    queues: dict[torch.device, list[Callable[[], None]]] = {}
+    for device, task in tasks:
+        queues.setdefault(torch.device(device.type, device.index or 0) if device.type == "cuda" else device, []).append(task)
+    if len(queues) <= 1:
+        for _, task in tasks:
+            task()
+        return
+
+    def drain(device: torch.device, queue: list[Callable[[], None]]) -> None:
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # the thread's current GPU
+            for task in queue:
+                if stop.is_set():
+                    return
+                try:
+                    task()
+                except BaseException:
+                    stop.set()
+                    raise
+
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=len(queues), thread_name_prefix="device") as pool:
+        futures = [pool.submit(drain, device, queue) for device, queue in queues.items()]
+        try:
+            wait(futures)
+        except KeyboardInterrupt:  # only the main thread receives it: the others are told through ``stop``
+            stop.set()
+            interrupted = True
+            wait(futures)
+    for future in futures:
+        future.result()
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def available_cpus() -> int:

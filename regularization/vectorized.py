@@ -10,8 +10,8 @@ Member k computes exactly what ``engine.fit`` computes for its job alone:
 
 The members share nothing but the tensors they live in: the loss summed over members has
 ∂(Σⱼ Lⱼ)/∂w_k = ∂L_k/∂w_k, so one backward pass gives every member its own gradient.
-Dropout draws from the global RNG (one mask per member), so dropout members agree with single
-runs in distribution, not bit for bit. A member whose objective stops being finite is marked
+Dropout draws from a generator of the group's own (one mask per member), so dropout members agree
+with single runs in distribution, not bit for bit. A member whose objective stops being finite is marked
 diverged, its weights are zeroed and its learning rate set to 0, and the others train on.
 """
 
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,8 +34,9 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from regularization.config import DropoutStyle, config_without, impl_of
-from regularization.data import load_data, minibatches
+from regularization.data import load_data
 from regularization.engine import EVAL_BATCH, final_metric, seed_everything, set_deterministic
+from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
@@ -46,6 +48,9 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which 
 # ops to intra-op threads costs more than it saves (the 64-member λ sweep: 1.2 s on one thread, 9.7 s on two,
 # on the 2-core dev machine while other processes kept both cores busy).
 SMALL_STEP_FLOPS = 2**22
+GLOBAL_RNG = threading.Lock()  # held while a group seeds torch's global RNG and draws its members' init from it
+# Set by the launcher at Ctrl-C, or when a group on another GPU stopped the sweep: groups end at their next epoch.
+stop_requested = threading.Event()
 
 
 def group_key(cfg: DictConfig) -> str:
@@ -70,12 +75,12 @@ def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True) -> torch.Tensor:
+def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Dropout with a rate per member: keep with probability 1 − p_k, and (inverted) scale kept units by 1/(1 − p_k).
 
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
-    keep = torch.rand_like(H) >= bcast(p, H)
+    keep = torch.rand(H.shape, generator=generator, device=H.device, dtype=H.dtype) >= bcast(p, H)
     return H * (keep / bcast(1 - p, H)) if inverted else H * keep
 
 
@@ -85,13 +90,17 @@ class StackedNet:
 
     ``rates`` holds one [K] dropout rate for the inputs and one per hidden layer (empty for the linear model).
     Standard (non-inverted) dropout scales by (1 − p) at evaluation instead of 1/(1 − p) in training.
+    The masks come from ``generator``, the group's own: groups that train at once in threads (one per GPU) must
+    not share torch's global RNG, which every ``torch.manual_seed`` resets on every device.
     """
 
-    def __init__(self, models: list[nn.Module], rates: list[torch.Tensor], inverted: bool = True) -> None:
+    def __init__(
+        self, models: list[nn.Module], rates: list[torch.Tensor], inverted: bool = True, generator: torch.Generator | None = None
+    ) -> None:
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
         self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
         self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
-        self.rates, self.inverted = rates, inverted
+        self.rates, self.inverted, self.generator = rates, inverted, generator
         self.dropping = [bool(p.any()) for p in rates]  # read once here, not (a device sync) at every batch
 
     def dropout(self, H: torch.Tensor, layer: int, train: bool) -> torch.Tensor:
@@ -102,7 +111,7 @@ class StackedNet:
         if H.dim() == 2:  # inputs shared by all members: each member draws its own mask
             H = H.expand(len(p), *H.shape)
         if train:
-            return member_dropout(H, p, self.inverted)
+            return member_dropout(H, p, self.inverted, self.generator)
         return H if self.inverted else H * bcast(1 - p, H)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -140,6 +149,7 @@ class StackedPenalty:
     def __init__(self, kind: str, impl: str | None, lambd: torch.Tensor, params: list[torch.Tensor]) -> None:
         self.kind, self.impl, self.lambd, self.params = kind, impl, lambd, params
         self.in_loss = impl in IN_LOSS
+        self.zero, self.unpenalized = torch.zeros_like(lambd), lambd == 0  # made once, not per step
 
     def omega(self) -> torch.Tensor:
         if self.kind == "l2":
@@ -147,10 +157,11 @@ class StackedPenalty:
         return sum(w.abs().flatten(1).sum(1) for w in self.params)
 
     def value(self) -> torch.Tensor:
-        """[K]: λ_k·Ω(w_k), and exactly 0 where λ_k = 0 (engine does not evaluate Ω then)."""
+        """[K]: λ_k·Ω(w_k), and exactly 0 where λ_k = 0 (engine does not evaluate Ω then); differentiable only
+        when the loss adds it (``in_loss``)."""
         if self.kind == "none":
-            return torch.zeros_like(self.lambd)
-        return torch.where(self.lambd == 0, 0.0, self.lambd * self.omega())
+            return self.zero
+        return torch.where(self.unpenalized, 0.0, self.lambd * self.omega())
 
     def weight_decay(self) -> dict[int, torch.Tensor]:
         """λ_k as the optimizer's weight decay on the penalized tensors, for impl=weight_decay."""
@@ -173,6 +184,7 @@ class StackedOptimizer:
 
     def __init__(self, optim: DictConfig, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: dict[int, torch.Tensor]) -> None:
         self.name, self.params, self.lr, self.weight_decay = optim.name, params, lr, weight_decay
+        self.neg_lr = -lr  # made once, not per step and tensor
         self.momentum, self.nesterov = optim.get("momentum", 0.0), optim.get("nesterov", False)
         self.t = 0
         adam = self.name == "adam"
@@ -186,6 +198,7 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
+        adam_step = self.lr / (1 - ADAM_BETAS[0] ** self.t) if self.name == "adam" else None
         for i, p in enumerate(self.params):
             g = p.grad
             if id(p) in self.weight_decay:
@@ -194,18 +207,19 @@ class StackedOptimizer:
                 if self.momentum:  # torch starts the buffer at g: μ·0 + g
                     buf = self.m[i].mul_(self.momentum).add_(g)
                     g = g + self.momentum * buf if self.nesterov else buf
-                p.addcmul_(g, bcast(-self.lr, p))  # w ← w + (−lr_k)·g in one pass, no [K, …] temporary
+                p.addcmul_(g, bcast(self.neg_lr, p))  # w ← w + (−lr_k)·g in one pass, no [K, …] temporary
                 continue
             (b1, b2), m, v = ADAM_BETAS, self.m[i], self.v[i]
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v.sqrt() / math.sqrt(1 - b2**self.t)).add_(ADAM_EPS)
-            p.sub_(bcast(self.lr / (1 - b1**self.t), p) * m / denom)
+            p.sub_(bcast(adam_step, p) * m / denom)
 
     @torch.no_grad()
     def freeze(self, members: torch.Tensor) -> None:
         """Stop the given members ([K] bool): zero their weights and moments, and their learning rate."""
         self.lr[members] = 0
+        self.neg_lr[members] = 0
         for t in self.params + self.m + self.v:
             t[members] = 0
 
@@ -222,13 +236,18 @@ class StackedData:
     per_member: bool
     classification: bool
 
+    members: torch.Tensor | None = field(init=False)  # [K, 1]: member k's row of per-member tensors, made once
+
+    def __post_init__(self) -> None:
+        self.members = torch.arange(len(self.X_train), device=self.X_train.device)[:, None] if self.per_member else None
+
     def take(self, T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Rows idx ([B] shared by all members, or [K, B]) of T."""
         if not self.per_member:
             return T[idx]
         if idx.dim() == 1:
             return T[:, idx]
-        return T[torch.arange(len(T), device=T.device)[:, None], idx]
+        return T[self.members, idx]
 
     def rows(self, T: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         return T[:, start:stop] if self.per_member else T[start:stop]
@@ -255,15 +274,13 @@ def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
     return cfg
 
 
-def member_batches(n: int, batch_size: int, generators: list[torch.Generator], which: torch.Tensor) -> Iterator[torch.Tensor]:
-    """One epoch's index batches: generator g draws ``data.minibatches``' permutation, as engine.fit's does;
-    member k follows generator which[k]. One generator (one seed): [B] batches shared by all members, else [K, B]."""
-    streams = [minibatches(n, batch_size, g) for g in generators]
-    if len(streams) == 1:
-        yield from streams[0]
-        return
-    for idx in zip(*streams, strict=True):
-        yield torch.stack(idx)[which]
+def member_batches(n: int, batch_size: int, generators: list[torch.Generator], which: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One epoch's index batches, all drawn at once: generator g draws ``data.minibatches``' permutation (one
+    ``randperm`` per distinct seed, as engine.fit's generator does), member k follows generator which[k], and the
+    batches are views into the [K, n] order. One generator (one seed): [B] batches shared by all members, else [K, B]."""
+    orders = [torch.randperm(n, generator=g, device=g.device) for g in generators]
+    order = orders[0] if len(orders) == 1 else torch.stack(orders).index_select(0, which)
+    return order.split(batch_size, dim=-1)
 
 
 def member_losses(y_hat: torch.Tensor, y: torch.Tensor, classification: bool) -> torch.Tensor:
@@ -279,7 +296,7 @@ def train_epoch(
     data: StackedData,
     optimizer: StackedOptimizer,
     penalty: StackedPenalty,
-    batches: Iterator[torch.Tensor],
+    batches: Iterable[torch.Tensor],
     max_norm: float | None = None,
 ) -> torch.Tensor:
     """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω, the penalty taken
@@ -335,17 +352,21 @@ def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.devic
     """Each member's model as engine.train builds it (seed_everything(seed_k), then build_model), stacked.
 
     The init depends on the seed alone (the members share the model config), so each seed's model is built
-    once: a 64-value λ sweep of one seed builds one model, not 64.
+    once: a 64-value λ sweep of one seed builds one model, not 64. The init draws from the global RNG, which
+    groups training in other threads share: one group at a time seeds it and builds. The dropout masks come from
+    a generator of the group's own, seeded with the first member's seed.
     """
     by_seed: dict[int, nn.Module] = {}
-    for cfg in cfgs:
-        if cfg.seed not in by_seed:
-            seed_everything(cfg.seed)
-            by_seed[cfg.seed] = build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device)
+    with GLOBAL_RNG:
+        for cfg in cfgs:
+            if cfg.seed not in by_seed:
+                seed_everything(cfg.seed)
+                by_seed[cfg.seed] = build_model(cfg, data.X_train.shape[-1], data.num_outputs).to(device)
     models = [by_seed[cfg.seed] for cfg in cfgs]
     rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("input_dropout", "dropout1", "dropout2")]
     inverted = cfgs[0].reg.get("dropout_style", DropoutStyle.inverted) is DropoutStyle.inverted
-    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted)
+    masks = torch.Generator(device=device).manual_seed(cfgs[0].seed)
+    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted, masks)
 
 
 @contextmanager
@@ -377,7 +398,6 @@ def fit_group(cfgs: list[DictConfig], loggers: list[RunLogger], device: torch.de
 
 def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedData, net: StackedNet) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
-    seed_everything(first.seed)  # the dropout masks' RNG
     params = net.parameters()
     penalized = net.weights + (net.biases if first.reg.penalize_bias else [])
     penalty = StackedPenalty(first.reg.penalty.value, impl_of(first.reg), per_member([c.reg.lambd for c in cfgs], device), penalized)
@@ -390,6 +410,8 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     histories: list[list[dict]] = [[] for _ in cfgs]
     active = torch.ones(K, dtype=torch.bool, device=device)
     for epoch in range(1, epochs + 1):
+        if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
+            raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
         objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm)
         diverged = active & ~torch.isfinite(objective)
@@ -435,7 +457,7 @@ def train_group(
     logs = [job_log(hydra) for hydra in hydra_cfgs]
     for k, member_log in enumerate(logs):
         if member_log is not None:
-            member_log.info("trained as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", k, len(cfgs))
+            member_log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
     loggers = [RunLogger(d, cfg.trainer.epochs, console=False, job_log=jl) for cfg, d, jl in zip(cfgs, out_dirs, logs, strict=True)]
     for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
         logger.log_hparams(run_hparams(cfg, hydra))
@@ -450,15 +472,19 @@ def train_group(
             write_json_atomic(d / "metrics.json", {"status": "interrupted"})
         log.warning("interrupted: a rerun into the same sweep dir trains this group again from its start")
         raise SystemExit(130) from None
-    except Exception:
+    except Exception as err:
+        error = failure_message(err, "a smaller hydra.launcher.max_members or data.batch_size")
         for d in out_dirs:
             (d / "traceback.txt").write_text(traceback.format_exc())
-            write_json_atomic(d / "metrics.json", {"status": "failed", "error": traceback.format_exc(limit=0).strip()})
+            write_json_atomic(d / "metrics.json", {"status": "failed", "error": error})
+        if is_sticky_cuda_error(err):
+            raise sticky_cuda_error(err, f"a vectorized group of {len(cfgs)} jobs ({out_dirs[0]}, ...)") from None
         log.exception("group of %d jobs failed; traceback in each job dir", len(cfgs))
         return [math.nan] * len(cfgs)
     finally:
         for logger, status in zip(loggers, statuses, strict=True):
             logger.close(status)
+        release_cached_memory(device)
     wall = time.perf_counter() - start
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -1,20 +1,33 @@
 """CUDA paths without a GPU: torch.cuda's functions monkeypatched, device counts faked, CUDA errors raised on purpose."""
 
+import contextlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
 
+import hydra
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
+from regularization import engine, vectorized
 from regularization.checkpoint import CHECKPOINT, generator_state, restore_generator, rng_states, set_rng_states
 from regularization.config import ConfigError
+from regularization.data import minibatches
 from regularization.engine import preflight, train
-from regularization.gpu import use_deterministic_workspace
-from regularization.vectorized import train_group
-from tests.conftest import ROOT, compose_config
+from regularization.gpu import StickyCudaError, sticky_cuda_error, use_deterministic_workspace
+from regularization.parallel import group_devices, run_per_device
+from regularization.regularizers import WeightPenalty
+from regularization.vectorized import member_batches, train_group
+from tests.conftest import CONF, ROOT, compose_config
 
 CPU = torch.device("cpu")
 # A CUDA generator's state as torch.cuda's Philox generator writes it: seed and offset, 16 bytes.
@@ -128,3 +141,191 @@ def test_the_vectorized_launcher_honours_deterministic(tmp_path, monkeypatch, de
     cfgs = [compose_config([*overrides, f"reg.lambd={v}"], tmp_path / str(v)) for v in (0, 1)]
     train_group(cfgs, [tmp_path / "0", tmp_path / "1"], CPU)
     assert calls == [deterministic]
+
+
+# ---- placement: every GPU used, jobs one after another stay on one ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "n_gpus", "expected"),
+    [
+        (["auto"] * 5, 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]),
+        (["auto"] * 3, 1, ["cuda"] * 3),  # one GPU: the groups train one after another on it
+        (["auto", "cpu", "auto", "cuda:3"], 4, ["cuda:0", "cpu", "cuda:1", "cuda:3"]),  # explicit devices stay
+        (["auto"] * 2, 0, ["cpu", "cpu"]),
+    ],
+)
+def test_vectorized_groups_take_gpu_g_mod_n(names, n_gpus, expected):
+    assert group_devices(names, n_gpus) == expected
+
+
+def fake_gpus(monkeypatch, n: int) -> None:
+    """n visible GPUs as far as device counts and the per-thread current device go."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+
+
+def test_tasks_of_different_gpus_run_at_once_and_of_one_gpu_in_order(monkeypatch):
+    fake_gpus(monkeypatch, 2)
+    both_running = threading.Barrier(2, timeout=30)  # passes only while a task of each GPU runs at the same time
+    order: list[str] = []
+
+    def task(name: str) -> Callable[[], None]:
+        return lambda: (both_running.wait(), order.append(name))
+
+    gpu0, gpu1 = torch.device("cuda:0"), torch.device("cuda:1")
+    run_per_device([(gpu0, task("a0")), (gpu1, task("b0")), (gpu0, task("a1")), (gpu1, task("b1"))], threading.Event())
+    assert [n for n in order if n[0] == "a"] == ["a0", "a1"] and [n for n in order if n[0] == "b"] == ["b0", "b1"]
+
+
+def test_a_task_that_stops_the_sweep_stops_the_other_gpus(monkeypatch):
+    fake_gpus(monkeypatch, 2)
+    stop, ran = threading.Event(), []
+
+    def sticky() -> None:
+        raise sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"), "a group")
+
+    def slow() -> None:
+        stop.wait(30)  # the other GPU's group, which watches ``stop`` between epochs
+        ran.append("slow")
+
+    gpu0, gpu1 = torch.device("cuda:0"), torch.device("cuda:1")
+    with pytest.raises(StickyCudaError, match="illegal memory access"):
+        run_per_device([(gpu0, sticky), (gpu1, slow), (gpu1, lambda: ran.append("never"))], stop)
+    assert "never" not in ran  # its later task never starts (its first may not have either)
+
+
+def task(cfg) -> None:
+    """train.py's task, for an in-process multirun (the vectorized launcher does not call it)."""
+
+
+def test_the_vectorized_launcher_spreads_groups_over_gpus_and_trains_them_at_once(tmp_path, monkeypatch):
+    """With 2 GPUs (faked) and 4 groups, groups 0 and 2 train on cuda:0 and 1 and 3 on cuda:1, a group of each GPU at
+    the same time. The training itself runs on the CPU here."""
+    fake_gpus(monkeypatch, 2)
+    both_running = threading.Barrier(2, timeout=60)
+    placed: dict[float, str] = {}
+    real_train_group = vectorized.train_group
+
+    def train_group_on_cpu(cfgs, dirs, device, hydra_cfgs=None):
+        placed[cfgs[0].reg.lambd] = str(device)
+        both_running.wait()
+        return real_train_group(cfgs, dirs, CPU, hydra_cfgs)
+
+    monkeypatch.setattr(vectorized, "train_group", train_group_on_cpu)
+    sweep = tmp_path / "sweep"
+    args = ["-m", "+experiment=weight_decay", "reg.lambd=0,1,2,3", "trainer.epochs=2", "hydra/launcher=vectorized"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *args, "hydra.launcher.max_members=1", f"hydra.sweep.dir={sweep}"])
+    GlobalHydra.instance().clear()
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")(task)()
+    finally:
+        GlobalHydra.instance().clear()
+    assert placed == {0.0: "cuda:0", 1.0: "cuda:1", 2.0: "cuda:0", 3.0: "cuda:1"}
+    assert sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")) == ["completed"] * 4
+
+
+def test_a_jobs_cached_cuda_memory_is_released_at_its_end(make_cfg, monkeypatch):
+    released = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    monkeypatch.setattr(engine, "train", lambda cfg, device, out_dir: 0.5)
+    monkeypatch.setattr(engine, "preflight", lambda cfg: torch.device("cuda"))
+    assert engine.run(make_cfg()) == 0.5
+    assert released == [True]
+    monkeypatch.setattr(engine, "preflight", lambda cfg: CPU)
+    monkeypatch.setattr(torch.cuda, "empty_cache", forbidden)  # a CPU job leaves CUDA alone
+    assert engine.run(make_cfg()) == 0.5
+
+
+# ---- sticky CUDA errors stop the sweep; out of memory fails one job -----------------------------------------
+
+DEVICE_ASSERT = "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported"
+
+
+def multirun_cfg(make_cfg, *overrides):
+    cfg = make_cfg(*overrides)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.mode = "MULTIRUN"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def raising(err: BaseException) -> Callable[..., None]:
+    def fail(*args, **kwargs):
+        raise err
+
+    return fail
+
+
+def test_a_sticky_cuda_error_stops_the_sweep(make_cfg, monkeypatch):
+    """A device-side assert leaves the process's CUDA context broken: the job is recorded failed and the sweep stops
+    (a SystemExit, which Hydra's launchers do not catch as one failed job), saying why."""
+    cfg = multirun_cfg(make_cfg)
+    monkeypatch.setattr(engine, "fit", raising(RuntimeError(DEVICE_ASSERT)))
+    with pytest.raises(StickyCudaError, match="(?s)device-side assert.*the sweep stops") as info:
+        engine.run(cfg)
+    assert not isinstance(info.value, Exception)
+    metrics = json.loads((Path(cfg.hydra.runtime.output_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "device-side assert" in metrics["error"]
+
+
+def test_out_of_memory_fails_one_job_and_says_what_to_shrink(make_cfg, monkeypatch):
+    cfg = multirun_cfg(make_cfg)
+    monkeypatch.setattr(engine, "fit", raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
+    assert math.isnan(engine.run(cfg))  # the sweep goes on
+    metrics = json.loads((Path(cfg.hydra.runtime.output_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "out of memory" in metrics["error"] and "data.batch_size" in metrics["error"]
+
+
+def test_a_vectorized_group_out_of_memory_or_with_a_sticky_error(make_cfg, monkeypatch):
+    cfgs = [make_cfg("reg.lambd=0"), make_cfg("reg.lambd=1")]
+    dirs = [Path(c.hydra.runtime.output_dir) for c in cfgs]
+    monkeypatch.setattr(vectorized, "fit_group", raising(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")))
+    assert all(math.isnan(v) for v in vectorized.train_group(cfgs, dirs, CPU))
+    for d in dirs:
+        error = json.loads((d / "metrics.json").read_text())["error"]
+        assert "hydra.launcher.max_members" in error and "data.batch_size" in error
+    monkeypatch.setattr(vectorized, "fit_group", raising(RuntimeError("CUDA error: an illegal memory access was encountered")))
+    with pytest.raises(StickyCudaError, match="illegal memory access"):
+        vectorized.train_group(cfgs, dirs, CPU)
+    assert all(json.loads((d / "metrics.json").read_text())["status"] == "failed" for d in dirs)
+
+
+# ---- the hot loop --------------------------------------------------------------------------------------------
+
+
+def test_member_batches_are_the_single_runs_batches():
+    """One epoch's permutations drawn at once per seed: member k's batches are what its seed's single run draws."""
+    seeds, which = [3, 5], torch.tensor([0, 1, 1, 0])
+    stacked = [torch.Generator().manual_seed(s) for s in seeds]
+    alone = [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(3):  # epochs
+        batches = member_batches(23, 5, stacked, which)
+        singles = [list(minibatches(23, 5, g)) for g in alone]
+        assert len(batches) == len(singles[0]) == 5
+        for b, idx in enumerate(batches):
+            assert all(torch.equal(idx[k], singles[s][b]) for k, s in enumerate(which.tolist()))
+
+
+@pytest.mark.parametrize("impl", ["penalty", "weight_decay"])
+def test_the_penalty_is_computed_once_per_step(make_cfg, monkeypatch, impl):
+    """λ·Ω once per step in both engines: the loss's term and the logged objective are one value."""
+    calls = {"single": 0, "stacked": 0}
+    for cls, name in ((WeightPenalty, "single"), (vectorized.StackedPenalty, "stacked")):
+        monkeypatch.setattr(cls, "value", counting(cls.value, calls, name))
+    overrides = ["+experiment=weight_decay", "trainer.epochs=1", "reg.lambd=1", f"reg.impl={impl}"]  # 20 examples, batch 5
+    cfg = make_cfg(*overrides)
+    train(cfg, CPU, Path(cfg.hydra.runtime.output_dir))
+    cfgs = [make_cfg(*overrides), make_cfg(*overrides, "reg.lambd=2")]
+    vectorized.train_group(cfgs, [Path(c.hydra.runtime.output_dir) for c in cfgs], CPU)
+    assert calls == {"single": 4, "stacked": 4}
+
+
+def counting(method: Callable, calls: dict, name: str) -> Callable:
+    def counted(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps; evaluation reads the weights' norm, not the penalty
+            calls[name] += 1
+        return method(self, *args, **kwargs)
+
+    return counted

@@ -32,15 +32,25 @@ def test_job_k_takes_gpu_k_mod_n(job_num: int, n_gpus: int, device: str) -> None
     assert gpu_for_job(job_num, n_gpus) == device
 
 
-def test_auto_device_follows_the_hydra_job_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = compose_config([], tmp_path / "job")
+@pytest.mark.parametrize(
+    ("launcher", "spread"),
+    [(["hydra/launcher=joblib"], True), (["hydra/launcher=submitit_local"], True), ([], False), (["hydra/launcher=vectorized"], False)],
+    ids=["joblib", "submitit_local", "basic", "vectorized"],
+)
+def test_auto_device_follows_the_hydra_job_number_only_for_jobs_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: list[str], spread: bool
+) -> None:
+    """Jobs that run at once (joblib, submitit) take GPU k mod N; jobs one after another in one process (basic) stay
+    on the first GPU, not holding a CUDA context and cached memory on every GPU (the vectorized launcher places its
+    groups itself, parallel.group_devices)."""
+    cfg = compose_config(launcher, tmp_path / "job")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     for num, expected in ((0, "cuda:0"), (4, "cuda:1"), (5, "cuda:2")):
         job = copy.deepcopy(cfg)
         OmegaConf.set_readonly(job.hydra, False)  # HydraConfig.set_config froze it
         job.hydra.job.num = num
         HydraConfig.instance().set_config(job)
-        assert job_device("auto") == expected
+        assert job_device("auto") == (expected if spread else "cuda:0")
     assert job_device("cpu") == "cpu"  # an explicit device is never moved
     assert job_device("cuda:0") == "cuda:0"
 

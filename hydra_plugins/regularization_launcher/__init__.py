@@ -12,7 +12,7 @@ The launcher runs the harness's training itself (``regularization.engine.preflig
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +88,6 @@ class VectorizedLauncher(Launcher):
     def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
         from regularization.engine import completed_result, final_metric, preflight
-        from regularization.vectorized import plan_groups, train_group
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -98,10 +97,9 @@ class VectorizedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         compose = SweepComposer(self.hydra_context.config_loader, self.config)
         jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose(o))) for i, o in enumerate(job_overrides)]
-        devices = {}
         for job in jobs:  # every job checked before any trains
             try:
-                devices[job.idx] = preflight(job.task_cfg)
+                preflight(job.task_cfg)
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(job.overrides)}") from None
         returns: dict[int, JobReturn] = {}
@@ -113,18 +111,52 @@ class VectorizedLauncher(Launcher):
                 returns[job.idx] = self.finish_job(job, final_metric(previous, job.task_cfg.optimize_metric))
             else:
                 pending.append(job)
-        groups = plan_groups([job.task_cfg for job in pending], self.max_members)
+        values = self.train_groups(pending)
+        for job in pending:
+            returns[job.idx] = self.finish_job(job, values[job.idx])
+        return [returns[job.idx] for job in jobs]
+
+    def train_groups(self, pending: list[Job]) -> dict[int, float]:
+        """Train the jobs as groups, each on its device (``parallel.group_devices``: the groups on ``auto`` spread
+        over the visible GPUs), the groups of different GPUs at the same time; returns each job's final value.
+
+        torch's deterministic-algorithms switch is process-wide, so groups that differ in trainer.deterministic
+        never train at the same time.
+        """
+        import torch
+
+        from regularization.config import resolve_device
+        from regularization.engine import set_deterministic
+        from regularization.parallel import group_devices, run_per_device
+        from regularization.vectorized import plan_groups, stop_requested, train_group
+
+        groups = [[pending[i] for i in members] for members in plan_groups([job.task_cfg for job in pending], self.max_members)]
+        devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
-        for members in groups:
-            group = [pending[i] for i in members]
+        for k, (group, device) in enumerate(zip(groups, devices, strict=True)):
+            log.info("group %d on %s:", k, device)
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
-            cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
-            values = train_group(cfgs, dirs, devices[group[0].idx], hydra_cfgs)
-            for job, value in zip(group, values, strict=True):
-                returns[job.idx] = self.finish_job(job, value)
-        return [returns[job.idx] for job in jobs]
+        values: dict[int, float] = {}
+
+        def task(group: list[Job], device: torch.device) -> Callable[[], None]:
+            def train() -> None:
+                cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
+                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs), strict=True))
+
+            return train
+
+        stop_requested.clear()
+        for deterministic in sorted({g[0].task_cfg.trainer.deterministic for g in groups}):
+            set_deterministic(deterministic)
+            phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if g[0].task_cfg.trainer.deterministic == deterministic]
+            try:
+                run_per_device(phase, stop_requested)
+            except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir trains it
+                log.warning("interrupted: a rerun into the same sweep dir trains the unfinished groups again")
+                raise SystemExit(130) from None
+        return values
 
     @staticmethod
     def place(job: Job) -> Job:
