@@ -263,7 +263,7 @@ def test_tiny_epochs_write_one_checkpoint_at_the_end(make_cfg, monkeypatch):
 
     writes = []
     save = engine.save_checkpoint
-    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state, cfg: (writes.append(state["epoch"]), save(path, state, cfg)))
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, state, *args: (writes.append(state["epoch"]), save(path, state, *args)))
     cfg = make_cfg("trainer.epochs=100", "trainer.checkpoint_min_interval_s=3600")
     out = Path(cfg.hydra.runtime.output_dir)
     train(cfg, preflight(cfg), out)
