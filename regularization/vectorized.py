@@ -157,8 +157,7 @@ class StackedPenalty:
         return sum(w.abs().flatten(1).sum(1) for w in self.params)
 
     def value(self) -> torch.Tensor:
-        """[K]: λ_k·Ω(w_k), and exactly 0 where λ_k = 0 (engine does not evaluate Ω then); differentiable only
-        when the loss adds it (``in_loss``)."""
+        """[K]: λ_k·Ω(w_k), and exactly 0 where λ_k = 0 (engine does not evaluate Ω then)."""
         if self.kind == "none":
             return self.zero
         return torch.where(self.unpenalized, 0.0, self.lambd * self.omega())
