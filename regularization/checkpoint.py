@@ -35,6 +35,7 @@ RESUMABLE_KEYS = (
     "trainer.checkpoint_min_interval_s",
     "optimize_metric",
     "optimize_direction",
+    "sparsity_threshold",  # what is reported, not what is trained
 )
 
 

@@ -42,6 +42,7 @@ from regularization.models import build_model, penalized_params
 from regularization.parallel import job_device, set_job_threads
 from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
+from regularization.results import run_result
 
 EVAL_BATCH = 8192
 
@@ -137,16 +138,18 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, classification:
     return loss_sum / n, (correct / n if classification else None)
 
 
-def evaluate_all(model: nn.Module, data: Dataset, penalty: WeightPenalty, objective: torch.Tensor) -> dict[str, float | None]:
-    """Full-set train and test metrics and the weights' norm, read from the device in one transfer."""
+def evaluate_all(
+    model: nn.Module, data: Dataset, penalty: WeightPenalty, objective: torch.Tensor, sparsity_threshold: float
+) -> dict[str, float | None]:
+    """Full-set train and test metrics, the weights' norm and sparsity (the fraction with |w| < sparsity_threshold),
+    read from the device in one transfer."""
     cls = data.is_classification
     train_loss, train_acc = evaluate(model, data.X_train, data.y_train, cls)
     test_loss, test_acc = evaluate(model, data.X_test, data.y_test, cls)
     values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": weight_norm(penalty.params)}
     if cls:
         values |= {"train_acc": train_acc, "test_acc": test_acc}
-    if penalty.kind == "l1":
-        values["sparsity"] = sparsity(penalty.params)
+    values["sparsity"] = sparsity(penalty.params, sparsity_threshold)
     host = torch.stack([v.float().to(objective.device) for v in values.values()]).tolist()
     metrics: dict[str, float | None] = {"train_acc": None, "test_acc": None}
     metrics |= dict(zip(values, host, strict=True))
@@ -211,7 +214,7 @@ def fit(
                 objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm, progress.batches)
                 finite, metrics = math.isfinite(objective.item()), None
                 if finite and (epoch % every == 0 or epoch == epochs):
-                    metrics = evaluate_all(model, data, penalty, objective)
+                    metrics = evaluate_all(model, data, penalty, objective, cfg.sparsity_threshold)
                     logger.log_eval(epoch, metrics)
                     history.append({"epoch": epoch, **metrics})
                     finite = math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
@@ -231,10 +234,7 @@ def fit(
             done = checkpoint_epoch(checkpoint) if checkpoint is not None and checkpoint.exists() else done
             log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
             result |= {"status": "interrupted", "epochs": done}
-    final = history[-1] if history else {}
-    result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
-    if penalty.kind == "l1":
-        result["sparsity"] = final.get("sparsity")
+    result |= run_result(history)
     result["wall_s"] = wall_s + time.perf_counter() - start
     result["history"] = history
     return result
@@ -314,7 +314,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep draws all its jobs at its end, in the sweep dir
         from regularization.plots import save_run_curves  # matplotlib, imported where it draws
 
-        save_run_curves(out_dir, result["history"])
+        save_run_curves(out_dir, result["history"], HydraConfig.get().job.override_dirname or "conf/config.yaml's defaults")
     return final_metric(result, cfg.optimize_metric)
 
 

@@ -1,43 +1,94 @@
 """Figures of a run and of a sweep, drawn with matplotlib's object API on the Agg canvas (no display, no pyplot state).
 
-A sweep's jobs come grouped into settings (a setting = the job's overrides without ``seed``). With
-several seeds, a line is the mean over the seeds and the band around it their min-max spread.
+A sweep's jobs come grouped into settings (a setting = the job's swept values without ``seed``). With several
+seeds, a line is the mean over the seeds and the band (or error bar) around it their min-max spread. Every
+panel with more than one line has a legend outside its axes (or, for many values of one numeric key, a colour bar).
+
+Panels of a sweep: the loss curves (and, for classification, the accuracy curves) of every setting; the final
+test and train metric against each numeric swept key, one line per combination of the other swept keys (a method
+key such as ``reg`` or ``reg.impl`` then gets one line per method); a heat map for a grid over two numeric keys;
+‖w‖₂ against λ; and the sparsity when the sweep has a weight penalty.
 """
 
 from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
-from matplotlib.colors import Colormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogLocator
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from regularization.logging import atomic_file, log
 
 DPI = 100
-PANEL = (5.0, 3.6)  # inches per panel
-MAX_LEGEND = 12
+SLOT = (7.0, 3.8)  # inches per panel: the axes, and room on their right for the legend
+# The axes inside a slot, in inches: tick labels and the y label on the left, the x label below, the title
+# above, the legend to the right. Fixed, so the figure is drawn once (tight_layout would draw it twice).
+MARGINS = {"left": 0.8, "right": 2.3, "bottom": 0.55, "top": 0.4}
+COLUMNS = 3  # panels per row of summary.png
+MAX_LEGEND = 24  # a one-numeric-key sweep with more values gets a colour bar instead of a legend entry per value
+Panel = tuple[str, Callable[[Axes], None]]
 
 
 @dataclass
 class Setting:
-    """The completed jobs of one setting: their eval histories (metrics.json "history") and final metrics."""
+    """The completed jobs of one setting: its swept values (without the seed), eval histories and final metrics."""
 
     label: str
-    value: float | None = None  # the swept key's value, in a one-numeric-key sweep
+    keys: dict[str, Any] = field(default_factory=dict)
     histories: list[list[dict]] = field(default_factory=list)
     finals: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Sweep:
+    """What the plots need to know about a sweep besides its settings."""
+
+    settings: list[Setting]
+    swept: list[str]  # the keys besides the seed whose value differs between settings, in name order
+    classification: bool = False
+    penalized: bool = False  # some job has a weight penalty: plot the sparsity
+
+    @property
+    def numeric(self) -> list[str]:
+        """The swept keys with a number in every setting."""
+        return [k for k in self.swept if all(is_number(s.keys.get(k)) for s in self.settings)]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def short_key(key: str, swept: Sequence[str]) -> str:
+    """``reg.lambd`` -> ``lambd`` unless another swept key ends the same way; ``+experiment`` -> ``experiment``."""
+    key = key.lstrip("+~")
+    tail = key.rsplit(".", 1)[-1]
+    return tail if sum(k.lstrip("+~").rsplit(".", 1)[-1] == tail for k in swept) == 1 else key
+
+
+def fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def values_label(keys: dict[str, Any], swept: Sequence[str]) -> str:
+    return ", ".join(f"{short_key(k, swept)}={fmt(keys.get(k))}" for k in swept) or "all"
+
+
+def key_label(key: str) -> str:
+    return rf"$\lambda$ ({key})" if key.endswith("lambd") else key
 
 
 def _spread(rows: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,47 +104,9 @@ def _curve(histories: list[list[dict]], key: str) -> tuple[list[int], np.ndarray
     return (epochs, *_spread([[b[e].get(key) for e in epochs] for b in by_epoch]))
 
 
-def _colours(settings: list[Setting]) -> list:
-    """Ordered settings (a numeric sweep) get a sequential colour map, others the categorical cycle."""
-    cmap: Colormap = colormaps["viridis"] if settings and settings[0].value is not None else colormaps["tab10"]
-    if settings and settings[0].value is not None:
-        return [cmap(0.9 * i / max(len(settings) - 1, 1)) for i in range(len(settings))]
-    return [cmap(i % 10) for i in range(len(settings))]
-
-
-def _label(setting: Setting) -> str:
-    n = len(setting.finals)
-    return f"{setting.label or 'all'} ({n} seeds)" if n > 1 else setting.label or "run"
-
-
-def set_title(ax: Axes, title: str) -> None:
-    """The title just above the axes. Given y, matplotlib places it there; without, it measures the x axis's
-    tick labels at every draw to keep clear of them, which made up half of a sweep figure's drawing time."""
-    ax.set_title(title, y=1.0)
-
-
-def draw_curves(ax: Axes, settings: list[Setting]) -> None:
-    """Test loss against epoch (solid), train loss (dashed, same colour), log y.
-
-    Each style's curves are one LineCollection (one artist, drawn in one call, not one per curve); the legend
-    gets a proxy line per setting.
-    """
-    colours = _colours(settings)
-    for key, style in (("test_loss", "-"), ("train_loss", "--")):
-        curves = []
-        for setting, colour in zip(settings, colours, strict=True):
-            epochs, mean, low, high = _curve(setting.histories, key)
-            curves.append(np.column_stack([epochs, mean]))
-            if len(setting.histories) > 1:
-                ax.fill_between(epochs, low, high, color=colour, alpha=0.15, lw=0)
-        ax.add_collection(LineCollection(curves, colors=colours, linestyles=style, lw=1.3))
-    ax.set(yscale="log", xlabel="epoch", ylabel="loss")
-    set_title(ax, "test loss (solid), train loss (dashed)")
-    ax.autoscale_view()
-    if len(settings) <= MAX_LEGEND:  # beyond that a legend hides the curves; summary.md names the settings
-        proxies = [Line2D([], [], color=colour, lw=1.3) for colour in colours]
-        ax.legend(proxies, [_label(s) for s in settings], fontsize="x-small", ncol=2 if len(settings) > 6 else 1)
-    ax.grid(alpha=0.3, lw=0.5)
+def _final(setting: Setting, metric: str) -> tuple[float, float, float]:
+    mean, low, high = _spread([[f.get(metric)] for f in setting.finals])
+    return float(mean[0]), float(low[0]), float(high[0])
 
 
 def scale_for(values: Sequence[float]) -> dict:
@@ -112,65 +125,208 @@ def set_x_scale(ax: Axes, values: Sequence[float]) -> None:
     ax.set_xscale(**scale_for(values))
 
 
-def _key_label(key: str) -> str:
-    return rf"$\lambda$ ({key})" if key.endswith("lambd") else key
+def readable_log_ticks(axis: Axis, low: float, high: float) -> None:
+    """Labels a reader can use on a log axis: within two decades, ticks at 1, 2 and 5 of each decade labelled as
+    plain numbers (not one lone 10⁰); over wider ranges one label a decade, plain up to four decades."""
+    if not (0 < low < high):
+        return
+    decades = math.log10(high / low)
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0) if decades >= 2 else tuple(range(1, 10))))
+    axis.set_minor_formatter(NullFormatter())
+    plain = 1e-4 <= low and high <= 1e5
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if plain else LogFormatterSciNotation())
 
 
-def _draw_vs_key(ax: Axes, settings: list[Setting], key: str, metrics: dict[str, str]) -> None:
-    """Final metrics against the swept key's value: mean over seeds, error bars from min to max."""
-    x = [s.value for s in settings]
-    for (metric, name), marker in zip(metrics.items(), "os^", strict=False):
-        # Per setting, the mean, min and max of the metric over its seeds (one column of seed rows each).
-        mean, low, high = np.array([_spread([[f.get(metric)] for f in s.finals]) for s in settings])[:, :, 0].T
-        if any(len(s.finals) > 1 for s in settings):
-            ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker=marker, ms=4, capsize=2, lw=1.2, label=name)
-        else:  # one seed each: no spread to show
-            ax.plot(x, mean, marker=marker, ms=4, lw=1.2, label=name)
-    set_x_scale(ax, x)
-    ax.set_xlabel(_key_label(key))
+def _tidy_log_axes(ax: Axes) -> None:
+    if ax.get_yscale() == "log":
+        readable_log_ticks(ax.yaxis, *ax.get_ylim())
+    if ax.get_xscale() == "log":
+        readable_log_ticks(ax.xaxis, *ax.get_xlim())
+    elif ax.get_xscale() == "symlog":  # λ with 0 among its values
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def legend_outside(ax: Axes, handles: list, labels: list[str], title: str | None = None) -> None:
+    """The legend to the right of the axes, clear of the curves; two columns beyond 16 entries."""
+    ncol = 1 if len(labels) <= 16 else 2
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", ncol=ncol, title=title,
+              title_fontsize="x-small", borderaxespad=0.0, frameon=False)  # fmt: skip
+
+
+def _ordered(sweep: Sweep) -> bool:
+    """One numeric swept key: its settings get a sequential colour map, by value."""
+    return len(sweep.swept) == 1 and sweep.numeric == sweep.swept
+
+
+def _colours(n: int, ordered: bool) -> list:
+    if ordered:
+        return [colormaps["viridis"](0.9 * i / max(n - 1, 1)) for i in range(n)]
+    cmap = colormaps["tab10"] if n <= 10 else colormaps["tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _colour_bar(ax: Axes, sweep: Sweep) -> None:
+    """A colour bar for the values of the one swept key, in place of a legend entry per value."""
+    key = sweep.swept[0]
+    values = [s.keys[key] for s in sweep.settings]
+    positive = [v for v in values if v > 0]
+    log_scale = scale_for(values)["value"] != "linear" and positive
+    norm = LogNorm(min(positive), max(values)) if log_scale else Normalize(min(values), max(values))
+    cax = ax.inset_axes((1.04, 0.0, 0.05, 1.0))
+    ax.figure.colorbar(ScalarMappable(norm, colormaps["viridis"]), cax=cax, label=key_label(key))
+
+
+def seeds_note(sweep: Sweep) -> str | None:
+    counts = {len(s.finals) for s in sweep.settings}
+    return f"mean of {max(counts)} seeds, band: min–max" if max(counts) > 1 else None
+
+
+def draw_curves(ax: Axes, sweep: Sweep, metric: str = "loss") -> None:
+    """Test ``metric`` (solid) and train (dashed, same colour) against the epoch, a line per setting: loss on a
+    log y axis, accuracy on a linear one."""
+    settings = sweep.settings
+    colours = _colours(len(settings), _ordered(sweep))
+    for key, style in ((f"test_{metric}", "-"), (f"train_{metric}", "--")):
+        for setting, colour in zip(settings, colours, strict=True):
+            epochs, mean, low, high = _curve(setting.histories, key)
+            ax.plot(epochs, mean, style, color=colour, lw=1.3)
+            if len(setting.histories) > 1:
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.12, lw=0)
+    name = "loss" if metric == "loss" else "accuracy"
+    ax.set(xlabel="epoch", ylabel=name, yscale="log" if metric == "loss" else "linear")
+    ax.set_title(f"test {name} (solid), train {name} (dashed)", y=1.0)
     ax.grid(alpha=0.3, lw=0.5)
+    if len(settings) > MAX_LEGEND and _ordered(sweep):
+        _colour_bar(ax, sweep)
+    elif len(settings) > 1:
+        handles = [Line2D([], [], color=c, lw=1.3) for c in colours]
+        legend_outside(ax, handles, [s.label for s in settings], seeds_note(sweep))
 
 
-def draw_final_vs_key(ax: Axes, settings: list[Setting], key: str, classification: bool) -> None:
-    """Final train and test loss (log y) or, for classification, accuracy, against the swept key."""
-    if classification:
-        _draw_vs_key(ax, settings, key, {"train_acc": "train accuracy", "test_acc": "test accuracy"})
-        ax.set(ylabel="accuracy")
-        set_title(ax, f"final accuracy vs {key}")
+def _lines(sweep: Sweep, x: str) -> dict[str, list[Setting]]:
+    """The settings as lines against key x: one line per combination of the other swept keys, by value of x."""
+    others = [k for k in sweep.swept if k != x]
+    lines: dict[str, list[Setting]] = {}
+    for setting in sweep.settings:
+        lines.setdefault(values_label(setting.keys, others) if others else "", []).append(setting)
+    return lines
+
+
+def _positions(sweep: Sweep, x: str) -> tuple[dict[Any, float], list[str] | None]:
+    """Where each value of x goes: itself for a numeric key, else evenly spaced categories (with their labels)."""
+    values = list(dict.fromkeys(s.keys.get(x) for s in sweep.settings))
+    if x in sweep.numeric:
+        return {v: v for v in values}, None
+    return {v: float(i) for i, v in enumerate(values)}, [fmt(v) for v in values]
+
+
+def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel: str, title: str) -> None:
+    """Final metrics against key x: one colour per line (combination of the other swept keys), one marker and
+    line style per metric; points are the mean over seeds, error bars their min-max."""
+    lines = _lines(sweep, x)
+    at, categories = _positions(sweep, x)
+    colours = _colours(len(lines), ordered=False)
+    styles = list(zip(metrics.items(), ("-", "--", ":"), "os^", strict=False))
+    for settings, colour in zip(lines.values(), colours, strict=True):
+        settings = sorted(settings, key=lambda s: at[s.keys.get(x)])
+        xs = [at[s.keys.get(x)] for s in settings]
+        for (metric, _), style, marker in styles:
+            mean, low, high = np.array([_final(s, metric) for s in settings]).T
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], fmt=style, marker=marker, ms=4, capsize=2, lw=1.2, color=colour)
+    if categories is None:
+        set_x_scale(ax, list(at))
     else:
-        _draw_vs_key(ax, settings, key, {"train_loss": "train loss", "test_loss": "test loss"})
-        ax.set(yscale="log", ylabel="loss")
-        set_title(ax, f"final loss vs {key}")
-    ax.legend(fontsize="small")
+        ax.set_xticks(list(at.values()), categories, rotation=20 if max(map(len, categories)) > 8 else 0, fontsize="small")
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+    ax.set(xlabel=key_label(x), ylabel=ylabel)
+    ax.set_title(title, y=1.0)
+    ax.grid(alpha=0.3, lw=0.5)
+    handles, labels = [], []
+    if len(styles) > 1:  # which metric is which
+        handles += [Line2D([], [], color="0.3", ls=style, marker=marker, ms=4) for _, style, marker in styles]
+        labels += [name for (_, name), _, _ in styles]
+    if len(lines) > 1:
+        handles += [Line2D([], [], color=c, lw=2) for c in colours]
+        labels += list(lines)
+    if handles:
+        legend_outside(ax, handles, labels, seeds_note(sweep))
 
 
-def draw_weight_norm(ax: Axes, settings: list[Setting], key: str) -> None:
-    """‖w‖₂ of the penalized weights at the end of training, against λ."""
-    _draw_vs_key(ax, settings, key, {"weight_l2_norm": r"$\|\mathbf{w}\|_2$"})
-    ax.set_yscale(**scale_for([f["weight_l2_norm"] for s in settings for f in s.finals if f.get("weight_l2_norm") is not None]))
-    ax.set(ylabel=r"$\|\mathbf{w}\|_2$")
-    set_title(ax, rf"final $\|\mathbf{{w}}\|_2$ vs {key}")
+def draw_final_vs_key(ax: Axes, sweep: Sweep, x: str) -> None:
+    """Final test and train accuracy (classification) or loss (log y) against key x."""
+    if sweep.classification:
+        draw_vs_key(ax, sweep, x, {"test_acc": "test", "train_acc": "train"}, "final accuracy", f"final accuracy vs {x}")
+    else:
+        draw_vs_key(ax, sweep, x, {"test_loss": "test", "train_loss": "train"}, "final loss", f"final loss vs {x}")
+        ax.set_yscale("log")
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
+def draw_weight_norm(ax: Axes, sweep: Sweep, x: str) -> None:
+    """‖w‖₂ of the penalized weights at the end of training, against key x (λ)."""
+    draw_vs_key(ax, sweep, x, {"weight_l2_norm": r"$\|\mathbf{w}\|_2$"}, r"$\|\mathbf{w}\|_2$", rf"final $\|\mathbf{{w}}\|_2$ vs {x}")
+    norms = [f["weight_l2_norm"] for s in sweep.settings for f in s.finals if f.get("weight_l2_norm") is not None]
+    ax.set_yscale(**scale_for(norms))
 
 
-# A sweep panel's axes inside its PANEL-sized slot, in inches: room for tick labels and the y label on the
-# left, the x label below, the title above. Fixed, so the figure is drawn once: tight_layout would draw it
-# a second time to measure it, and separate figures per panel would draw every panel twice.
-MARGINS = {"left": 0.75, "right": 0.2, "bottom": 0.55, "top": 0.4}
+def draw_sparsity(ax: Axes, sweep: Sweep, x: str) -> None:
+    """The final fraction of penalized weights below the sparsity threshold, against key x."""
+    draw_vs_key(ax, sweep, x, {"sparsity": "sparsity"}, "fraction of |w| < threshold", f"final sparsity vs {x}")
+    ax.set_ylim(-0.02, 1.02)
 
 
-def _panel_axes(fig: Figure, i: int) -> Axes:
-    """The axes of panel i of a row of PANEL-sized slots, placed with MARGINS."""
+def draw_heat_map(ax: Axes, sweep: Sweep, rows: str, cols: str) -> None:
+    """The final test metric (mean over seeds) on the grid of two numeric keys, each cell annotated."""
+    metric = "test_acc" if sweep.classification else "test_loss"
+    row_values = sorted({s.keys[rows] for s in sweep.settings})
+    col_values = sorted({s.keys[cols] for s in sweep.settings})
+    grid = np.full((len(row_values), len(col_values)), np.nan)
+    for s in sweep.settings:
+        grid[row_values.index(s.keys[rows]), col_values.index(s.keys[cols])] = _final(s, metric)[0]
+    finite = grid[np.isfinite(grid)]
+    norm = LogNorm() if metric == "test_loss" and finite.size and finite.min() > 0 else None
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis" if sweep.classification else "viridis_r", norm=norm)
+    ax.set_xticks(range(len(col_values)), [fmt(v) for v in col_values])
+    ax.set_yticks(range(len(row_values)), [fmt(v) for v in row_values])
+    middle = np.nanmean(grid) if finite.size else 0
+    for (i, j), value in np.ndenumerate(grid):
+        if math.isfinite(value):
+            dark = (value < middle) == sweep.classification
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize="x-small", color="white" if dark else "black")
+    ax.set(xlabel=cols, ylabel=rows)
+    name = "test accuracy" if sweep.classification else "test loss"
+    ax.set_title(f"final {name} (mean over seeds)", y=1.0)
+    ax.figure.colorbar(image, cax=ax.inset_axes((1.04, 0.0, 0.05, 1.0)), label=name)
+
+
+def sweep_panels(sweep: Sweep) -> list[Panel]:
+    """The panels of a sweep, by file name: see the module docstring."""
+    panels: list[Panel] = [("curves.png", lambda ax: draw_curves(ax, sweep))]
+    if sweep.classification:
+        panels.append(("accuracy.png", lambda ax: draw_curves(ax, sweep, "acc")))
+    numeric = sweep.numeric
+    for x in numeric or sweep.swept:  # a panel per numeric key; with none, one per categorical key
+        panels.append((f"final_vs_{x.lstrip('+')}.png", lambda ax, x=x: draw_final_vs_key(ax, sweep, x)))
+    if len(numeric) == 2 and len(sweep.swept) == 2:
+        panels.append(("heat_map.png", lambda ax: draw_heat_map(ax, sweep, *numeric)))
+    lambd = next((k for k in numeric if k.endswith("lambd")), None)
+    if lambd is not None:
+        panels.append((f"weight_norm_vs_{lambd}.png", lambda ax: draw_weight_norm(ax, sweep, lambd)))
+    if sweep.penalized and numeric:
+        x = lambd or numeric[0]
+        panels.append((f"sparsity_vs_{x}.png", lambda ax: draw_sparsity(ax, sweep, x)))
+    return panels
+
+
+def _slot_axes(fig: Figure, i: int, columns: int) -> Axes:
+    """The axes of panel i in a grid of SLOT-sized slots, ``columns`` a row, placed with MARGINS."""
     width, height = fig.get_size_inches()
-    left = i * PANEL[0] + MARGINS["left"]
-    w = PANEL[0] - MARGINS["left"] - MARGINS["right"]
-    h = PANEL[1] - MARGINS["bottom"] - MARGINS["top"]
-    return fig.add_axes((left / width, MARGINS["bottom"] / height, w / width, h / height))
+    row, col = divmod(i, columns)
+    left = col * SLOT[0] + MARGINS["left"]
+    bottom = height - (row + 1) * SLOT[1] + MARGINS["bottom"]
+    w = SLOT[0] - MARGINS["left"] - MARGINS["right"]
+    h = SLOT[1] - MARGINS["bottom"] - MARGINS["top"]
+    return fig.add_axes((left / width, bottom / height, w / width, h / height))
 
 
 def _write_png(path: Path, rgba: np.ndarray) -> Path:
@@ -179,54 +335,60 @@ def _write_png(path: Path, rgba: np.ndarray) -> Path:
     return path
 
 
-def save_sweep_plots(sweep_dir: Path, settings: list[Setting], key: str | None, classification: bool) -> list[Path]:
-    """curves.png; for a one-numeric-key sweep also final_vs_KEY.png; for a λ sweep weight_norm_vs_KEY.png;
-    and summary.png with all of them side by side. Settings hold completed jobs only; empty ones are skipped.
-
-    The panels are drawn once, side by side in one figure; each panel's PNG is its slot cut from that canvas.
-    """
-    settings = [s for s in settings if s.finals]
-    if not settings:
-        log.warning("no completed job in %s: no plots", sweep_dir)
-        return []
-    panels = [("curves.png", lambda ax: draw_curves(ax, settings))]
-    if key is not None:
-        panels.append((f"final_vs_{key}.png", lambda ax: draw_final_vs_key(ax, settings, key, classification)))
-        if key.endswith("lambd"):
-            panels.append((f"weight_norm_vs_{key}.png", lambda ax: draw_weight_norm(ax, settings, key)))
-    fig = Figure(figsize=(PANEL[0] * len(panels), PANEL[1]), dpi=DPI)
+def draw_panels(
+    out_dir: Path, panels: list[Panel], summary: str = "summary.png", title: str | None = None, each: bool = True
+) -> list[Path]:
+    """Draw the panels once, in a grid of COLUMNS a row; with ``each``, each panel's PNG is its slot cut from that
+    canvas; ``summary`` is the whole grid (written when there is more than one panel, or not ``each``)."""
+    columns = min(COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    top = 0.35 if title else 0.0
+    fig = Figure(figsize=(SLOT[0] * columns, SLOT[1] * rows + top), dpi=DPI)
     canvas = FigureCanvasAgg(fig)
     for i, (_, draw) in enumerate(panels):
-        draw(_panel_axes(fig, i))
-    for axis in (axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) if axis.get_scale() == "log"):
-        axis.set_minor_locator(LogLocator(subs=(2, 5)))  # 2 minor ticks a decade: 8 took a third of the drawing
+        ax = _slot_axes(fig, i, columns)
+        draw(ax)
+        _tidy_log_axes(ax)
+    if title:
+        fig.suptitle(title, y=1 - 0.05 / fig.get_size_inches()[1], va="top", fontsize="medium")
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
-    slot = rgba.shape[1] // len(panels)
-    paths = [_write_png(Path(sweep_dir) / name, rgba[:, i * slot : (i + 1) * slot]) for i, (name, _) in enumerate(panels)]
-    if len(panels) > 1:
-        paths.append(_write_png(Path(sweep_dir) / "summary.png", rgba))
+    w, h, offset = round(SLOT[0] * DPI), round(SLOT[1] * DPI), round(top * DPI)
+    paths = []
+    for i, (name, _) in enumerate(panels if each else []):
+        row, col = divmod(i, columns)
+        paths.append(_write_png(Path(out_dir) / name, rgba[offset + row * h : offset + (row + 1) * h, col * w : (col + 1) * w]))
+    if len(panels) > 1 or not each:
+        paths.append(_write_png(Path(out_dir) / summary, rgba))
     return paths
 
 
-def save_run_curves(out_dir: Path, history: list[dict]) -> Path | None:
-    """The chapter's figure for one run: train and test loss against epoch, log y, as out_dir/curves.png.
+def save_sweep_plots(sweep_dir: Path, sweep: Sweep) -> list[Path]:
+    """The sweep's panels (``sweep_panels``) as PNGs, and summary.png with all of them. Settings hold completed
+    jobs only; empty ones are skipped."""
+    settings = [s for s in sweep.settings if s.finals]
+    if not settings:
+        log.warning("no completed job in %s: no plots", sweep_dir)
+        return []
+    swept = [k for k in sweep.swept if len({fmt(s.keys.get(k)) for s in settings}) > 1]
+    sweep = Sweep(settings, swept, sweep.classification, sweep.penalized)
+    return draw_panels(sweep_dir, sweep_panels(sweep))
+
+
+def save_run_curves(out_dir: Path, history: list[dict], title: str) -> Path | None:
+    """One run's figure, titled with its overrides: train and test loss (log y) against the epoch, and for
+    classification the accuracies beside them, as out_dir/curves.png.
 
     A figure is a convenience: failing to draw it only warns, since the run's results are already written.
     """
     if not history:
         return None
     try:
-        fig = Figure(figsize=PANEL)
-        ax = fig.add_subplot()
-        epochs = [h["epoch"] for h in history]
-        for key, style in (("train_loss", "--"), ("test_loss", "-")):
-            ax.plot(epochs, [h.get(key) for h in history], style, lw=1.5, label=key.replace("_", " "))
-        ax.set(yscale="log", xlabel="epoch", ylabel="loss")
-        ax.set_title(textwrap.fill(Path(out_dir).name.replace(",", ", "), 60), fontsize="small")  # a sweep job's dir: its overrides
-        ax.legend()
-        ax.grid(alpha=0.3, lw=0.5)
-        return _save(fig, Path(out_dir) / "curves.png")
+        run = Sweep([Setting("run", histories=[history], finals=[history[-1]])], [], classification=history[-1].get("test_acc") is not None)
+        panels: list[Panel] = [("loss", lambda ax: draw_curves(ax, run))]
+        if run.classification:
+            panels.append(("accuracy", lambda ax: draw_curves(ax, run, "acc")))
+        return draw_panels(out_dir, panels, "curves.png", textwrap.shorten(title, 140), each=False)[0]
     except Exception:  # noqa: BLE001
         log.warning("could not draw %s", Path(out_dir) / "curves.png", exc_info=True)
         return None

@@ -40,6 +40,7 @@ from regularization.gpu import failure_message, is_sticky_cuda_error, release_ca
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
+from regularization.results import run_result
 
 # The keys in which the members of one stacked group may differ.
 STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
@@ -333,7 +334,9 @@ def evaluate(net: StackedNet, data: StackedData, X: torch.Tensor, y: torch.Tenso
     return loss_sum / n, (correct / n if data.classification else None)
 
 
-def evaluate_all(net: StackedNet, data: StackedData, penalty: StackedPenalty, objective: torch.Tensor) -> list[dict[str, float | None]]:
+def evaluate_all(
+    net: StackedNet, data: StackedData, penalty: StackedPenalty, objective: torch.Tensor, sparsity_threshold: float
+) -> list[dict[str, float | None]]:
     """engine.evaluate_all for every member, read from the device in one transfer."""
     train_loss, train_acc = evaluate(net, data, data.X_train, data.y_train)
     test_loss, test_acc = evaluate(net, data, data.X_test, data.y_test)
@@ -341,10 +344,19 @@ def evaluate_all(net: StackedNet, data: StackedData, penalty: StackedPenalty, ob
     values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": flat.norm(dim=1)}
     if data.classification:
         values |= {"train_acc": train_acc, "test_acc": test_acc}
-    if penalty.kind == "l1":
-        values["sparsity"] = (flat.abs() < 1e-3).float().mean(1)
+    values["sparsity"] = (flat.abs() < sparsity_threshold).float().mean(1)
     host = torch.stack([v.float() for v in values.values()], dim=1).tolist()
     return [{"train_acc": None, "test_acc": None} | dict(zip(values, row, strict=True)) for row in host]
+
+
+def spread(histories: list[list[dict]], epoch: int) -> str:
+    """The group's train and test loss at this evaluation: mean and range over the members still training."""
+    parts = []
+    for key in ("train_loss", "test_loss"):
+        values = [h[-1][key] for h in histories if h and h[-1]["epoch"] == epoch and math.isfinite(h[-1][key])]
+        if values:
+            parts.append(f"{key} {sum(values) / len(values):.4g} ({min(values):.4g}–{max(values):.4g})")
+    return ", ".join(parts) or "no finite loss"
 
 
 def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.device) -> StackedNet:
@@ -416,13 +428,13 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
         diverged = active & ~torch.isfinite(objective)
         if epoch % every == 0 or epoch == epochs:
             alive = (active & ~diverged).tolist()
-            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective)):
+            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective, first.sparsity_threshold)):
                 if alive[k]:
                     loggers[k].log_eval(epoch, metrics)
                     histories[k].append({"epoch": epoch, **metrics})
                     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                         diverged[k] = True
-            log.info("epoch %d/%d: %d of %d members training", epoch, epochs, sum(alive), K)
+            log.info("epoch %d/%d: %d of %d members training; %s", epoch, epochs, sum(alive), K, spread(histories, epoch))
         if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
             for k in diverged.nonzero().flatten().tolist():
                 log.warning("member %d, epoch %d: the loss is not finite; stopping it (status diverged)", k, epoch)
@@ -432,11 +444,7 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
             if not bool(active.any()):
                 break
     for result, history in zip(results, histories, strict=True):
-        final = history[-1] if history else {}
-        result |= {k: final.get(k) for k in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm")}
-        if penalty.kind == "l1":
-            result["sparsity"] = final.get("sparsity")
-        result["history"] = history
+        result |= run_result(history) | {"history": history}
     return results
 
 
@@ -447,9 +455,10 @@ def train_group(
     member's final ``optimize_metric`` (NaN unless it completed).
 
     ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows, and where their job
-    logging writes); by default they are read
-    from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the group's wall time: the members trained
-    together. If the group raises, every member is marked failed with the traceback, as engine.run marks a failed job;
+    logging writes); by default they are read from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the
+    member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
+    the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
+    engine.run marks a failed job;
     at Ctrl-C every member is marked interrupted and the process exits 130 (no per-group checkpoint).
     """
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
@@ -487,5 +496,6 @@ def train_group(
     wall = time.perf_counter() - start
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda r, d: write_json_atomic(d / "metrics.json", r | {"wall_s": wall}), results, out_dirs))
+        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)}
+        list(pool.map(lambda r, d: write_json_atomic(d / "metrics.json", r | shares), results, out_dirs))
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]
