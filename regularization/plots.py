@@ -29,7 +29,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
 from regularization.logging import atomic_file, log
 
@@ -126,12 +126,13 @@ def set_x_scale(ax: Axes, values: Sequence[float]) -> None:
 
 
 def readable_log_ticks(axis: Axis, low: float, high: float) -> None:
-    """Labels a reader can use on a log axis: within two decades, ticks at 1, 2 and 5 of each decade labelled as
-    plain numbers (not one lone 10⁰); over wider ranges one label a decade, plain up to four decades."""
+    """Labels a reader can use on a log axis, as plain numbers (not one lone 10⁰): within a decade at every
+    1..9 × 10ⁿ, within two at 1, 2 and 5 × 10ⁿ, over wider ranges one label a decade (10ⁿ beyond 1e-4..1e5)."""
     if not (0 < low < high):
         return
     decades = math.log10(high / low)
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
+    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    axis.set_major_locator(LogLocator(subs=subs))
     axis.set_minor_locator(LogLocator(subs=(2.0, 5.0) if decades >= 2 else tuple(range(1, 10))))
     axis.set_minor_formatter(NullFormatter())
     plain = 1e-4 <= low and high <= 1e5
@@ -195,6 +196,7 @@ def draw_curves(ax: Axes, sweep: Sweep, metric: str = "loss") -> None:
                 ax.fill_between(epochs, low, high, color=colour, alpha=0.12, lw=0)
     name = "loss" if metric == "loss" else "accuracy"
     ax.set(xlabel="epoch", ylabel=name, yscale="log" if metric == "loss" else "linear")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"test {name} (solid), train {name} (dashed)", y=1.0)
     ax.grid(alpha=0.3, lw=0.5)
     if len(settings) > MAX_LEGEND and _ordered(sweep):

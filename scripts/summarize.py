@@ -1,9 +1,12 @@
-"""Rebuild a sweep's summary (summary.csv, summary.md, plots) from its job dirs alone.
+"""Rebuild a sweep's summary (summary.csv, summary.md, plots) from its job dirs alone, or compare several sweeps.
 
-    python scripts/summarize.py outputs/multirun/2026-01-01_12-00-00-000000
+    python scripts/summarize.py outputs/multirun/2026-01-01_12-00-00_1234
+    python scripts/summarize.py SWEEP_DIR SWEEP_DIR ... --out outputs/comparison
 
-Works on a sweep that crashed or ran elsewhere: it reads each job's .hydra/overrides.yaml,
-metrics.json and event files, as the end-of-sweep callback does.
+Works on a sweep that crashed or ran elsewhere: it reads each job's .hydra/*.yaml, metrics.json and event
+files, as the end-of-sweep callback does. With several sweep dirs, each is summarized in its own dir and all
+of them together in one table and one figure in --out: every job named <sweep dir name>/<job name>, the
+sweep being one more key that sets jobs apart (a line or colour per sweep in the plots).
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from regularization.summary import console_report, job_dirs, summarize_sweep  # noqa: E402
+from regularization.summary import compare_sweeps, console_report, job_dirs, summarize_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="a multirun dir, e.g. outputs/multirun/<time>")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR", help="a multirun dir, e.g. outputs/multirun/<time>")
+    parser.add_argument("--out", type=Path, default=Path("outputs/comparison"), help="where several sweeps' comparison goes")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a directory")
-    if not job_dirs(args.sweep_dir):
-        parser.error(f"no job dirs in {args.sweep_dir}: expected subdirs with .hydra/overrides.yaml, as `python train.py -m ...` writes")
-    rows, stats = summarize_sweep(args.sweep_dir)
-    print(console_report(rows, stats))
-    print(f"\nWrote {args.sweep_dir / 'summary.md'}, summary.csv and the plots.")
+    for sweep_dir in args.sweep_dirs:
+        if not sweep_dir.is_dir():
+            parser.error(f"{sweep_dir} is not a directory")
+        if not job_dirs(sweep_dir):
+            parser.error(f"no job dirs in {sweep_dir}: expected subdirs with .hydra/overrides.yaml, as `python train.py -m ...` writes")
+    for sweep_dir in args.sweep_dirs:
+        rows, stats = summarize_sweep(sweep_dir)
+        print(f"{sweep_dir}:\n{console_report(rows, stats)}\n")
+    written = {d: sorted(p.name for p in d.glob("summary*")) + sorted(p.name for p in d.glob("*.png")) for d in args.sweep_dirs}
+    if len(args.sweep_dirs) > 1:
+        rows, stats = compare_sweeps(args.sweep_dirs, args.out)
+        print(f"All {len(args.sweep_dirs)} sweeps:\n{console_report(rows, stats)}\n")
+        written[args.out] = sorted(p.name for p in args.out.glob("summary*")) + sorted(p.name for p in args.out.glob("*.png"))
+    for out_dir, names in written.items():
+        print(f"Wrote into {out_dir}: {', '.join(names)}")
     return 0
 
 

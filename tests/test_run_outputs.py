@@ -213,3 +213,66 @@ def test_a_vectorized_member_logs_where_hydras_job_logging_would(tmp_path):
     logger.close("completed")
     assert (tmp_path / "job.log").read_text().splitlines() == ["INFO|epoch  3/10  train_loss 0.5  test_loss 0.25", "INFO|completed"]
     assert job_log(OmegaConf.create({"job_logging": {"handlers": {"console": {"class": "logging.StreamHandler"}}}})) is None
+
+
+def test_one_name_per_job_in_dirs_summary_tensorboard_and_settings(tmp_path):
+    """A job's dir, its summary row and its TensorBoard run (the HParams trial) carry one name: the overrides sorted,
+    without the excluded keys; the per-setting table groups by that name without the seed."""
+    import csv
+
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    from tests.conftest import run_train
+
+    sweep = tmp_path / "sweep"
+    run_train(
+        ["-m", "seed=0,1", "reg.lambd=0,3", "trainer.epochs=2", "device=cpu", "sparsity_threshold=0.01", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )
+    # trainer.epochs=2, typed on the command line, names the dir as Hydra's override_dirname does (a rerun with
+    # more seeds then finds the same dirs); device and sparsity_threshold are excluded keys.
+    names = [f"reg.lambd={lambd},seed={seed},trainer.epochs=2" for lambd in (0, 3) for seed in (0, 1)]
+    assert sorted(d.name for d in sweep.iterdir() if d.is_dir()) == names
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == names
+    assert sorted(EventMultiplexer().AddRunsFromDirectory(str(sweep)).Runs()) == names
+    with open(sweep / "summary_by_setting.csv") as f:
+        assert [r["setting"] for r in csv.DictReader(f)] == ["reg.lambd=0,trainer.epochs=2", "reg.lambd=3,trainer.epochs=2"]
+    # One parsed column per identifying key; the excluded ones (device, sparsity_threshold) are not among them.
+    assert {"model", "reg", "data", "optim", "reg.lambd", "seed"} <= rows[0].keys() and "device" not in rows[0]
+    assert (rows[2]["model"], rows[2]["reg"], float(rows[2]["reg.lambd"]), int(rows[2]["seed"])) == ("linear", "l2", 3.0, 0)
+    assert float(rows[0]["sparsity"]) >= 0  # every run reports it, L2 too
+
+
+def test_metrics_hold_the_best_epoch_and_the_sparsity_at_the_threshold(make_cfg):
+    import json
+
+    out_dir = train_job(make_cfg("reg.lambd=3", "trainer.epochs=6", "sparsity_threshold=0.5"))
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    best = min(metrics["history"], key=lambda h: h["test_loss"])
+    assert (metrics["best_test_loss"], metrics["best_test_loss_epoch"]) == (best["test_loss"], best["epoch"])
+    assert metrics["best_test_acc"] is None  # regression
+    assert metrics["sparsity"] == metrics["history"][-1]["sparsity"] > 0  # L2 at λ=3: some |w| < 0.5
+
+
+def test_a_single_run_plot_is_titled_with_its_overrides(make_cfg, monkeypatch):
+    titles = []
+    monkeypatch.setattr(engine, "save_run_curves", lambda out_dir, history, title: titles.append(title))
+    train_job(make_cfg("reg.lambd=3", "trainer.epochs=2", "device=cpu"))
+    assert titles == ["reg.lambd=3,trainer.epochs=2"]  # the run's overrides, not its dir's timestamp; device is excluded
+
+
+def test_vectorized_members_share_the_group_time_and_log_the_groups_losses(make_cfg, caplog):
+    import json
+    import logging
+
+    cfgs = [make_cfg("reg.lambd=0", "trainer.epochs=3"), make_cfg("reg.lambd=3", "trainer.epochs=3")]
+    dirs = [Path(cfg.hydra.runtime.output_dir) for cfg in cfgs]
+    with caplog.at_level(logging.INFO, logger="regularization"):
+        train_group(cfgs, dirs, resolve_device("cpu"), [cfg.hydra for cfg in cfgs])
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+    assert metrics[0]["group_wall_s"] == metrics[1]["group_wall_s"] == pytest.approx(2 * metrics[0]["wall_s"])
+    losses = sorted(m["history"][-1]["test_loss"] for m in metrics)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 3/3"))
+    assert f"test_loss {sum(losses) / 2:.4g} ({losses[0]:.4g}–{losses[1]:.4g})" in line and "train_loss" in line

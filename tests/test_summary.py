@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.collections import LineCollection
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
 from regularization.logging import RunLogger
-from regularization.plots import draw_curves, set_x_scale
-from regularization.summary import collect_jobs, console_report, summarize_sweep, sweep_settings, swept_key
+from regularization.plots import SLOT, Sweep, draw_curves, draw_final_vs_key, set_x_scale, sweep_panels
+from regularization.results import best_metrics, converged
+from regularization.summary import collect_jobs, console_report, summarize_sweep, sweep_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +28,14 @@ def fake_history(scale: float, epochs: int = 4) -> list[dict]:
     return [{"epoch": e, "train_loss": scale / e, "test_loss": 2 * scale / e, "weight_l2_norm": scale} for e in range(1, epochs + 1)]
 
 
-def make_job(sweep: Path, overrides: list[str], status: str | None = "completed", scale: float = 1.0) -> Path:
-    """A job dir as a Hydra multirun leaves it: .hydra/overrides.yaml and (unless status is None) metrics.json."""
-    job = sweep / ",".join(overrides)
+def make_job(sweep: Path, overrides: list[str], status: str | None = "completed", scale: float = 1.0, config: dict | None = None) -> Path:
+    """A job dir as a Hydra multirun leaves it: .hydra/overrides.yaml, named by its sorted overrides, (given a
+    config) .hydra/config.yaml, and (unless status is None) metrics.json."""
+    job = sweep / ",".join(sorted(overrides))
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if config is not None:
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if status == "failed":
         metrics = {"status": "failed", "error": "RuntimeError: boom"}
     elif status is not None:
@@ -117,19 +122,16 @@ def test_plots_of_a_lambda_sweep_are_pngs(lambda_sweep):
 
 
 def test_failed_and_diverged_jobs_are_left_out_of_the_plots(lambda_sweep):
-    jobs = collect_jobs(lambda_sweep)
-    key = swept_key(jobs)
-    assert key == "reg.lambd"
-    settings = sweep_settings(jobs, key)
-    assert [(s.value, len(s.finals)) for s in settings] == [(0.001, 2), (0.1, 2), (10, 2), (30, 0), (100, 0)]
+    sweep = sweep_plot_data(collect_jobs(lambda_sweep))
+    assert sweep.swept == ["reg.lambd"] and sweep.numeric == ["reg.lambd"]
+    assert [(s.keys["reg.lambd"], len(s.finals)) for s in sweep.settings] == [(0.001, 2), (0.1, 2), (10, 2), (30, 0), (100, 0)]
     fig = Figure()
     ax = fig.add_subplot()
-    draw_curves(ax, [s for s in settings if s.finals])
-    labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert labels == ["reg.lambd=0.001 (2 seeds)", "reg.lambd=0.1 (2 seeds)", "reg.lambd=10 (2 seeds)"]
-    test, train = (c for c in ax.collections if isinstance(c, LineCollection))
-    assert len(test.get_segments()) == len(train.get_segments()) == 3  # a curve per setting
-    assert test.get_linestyle() != train.get_linestyle()  # solid and dashed
+    draw_curves(ax, Sweep([s for s in sweep.settings if s.finals], sweep.swept))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lambd=0.001", "lambd=0.1", "lambd=10"]
+    assert ax.get_legend().get_title().get_text() == "mean of 2 seeds, band: min–max"
+    assert len(ax.lines) == 6  # a test (solid) and a train (dashed) curve per setting
+    assert {line.get_linestyle() for line in ax.lines} == {"-", "--"}
 
 
 def test_mean_curve_and_its_spread(tmp_path):
@@ -137,11 +139,9 @@ def test_mean_curve_and_its_spread(tmp_path):
     make_job(tmp_path, ["reg.lambd=1", "seed=1"], scale=3.0)
     fig = Figure()
     ax = fig.add_subplot()
-    draw_curves(ax, sweep_settings(collect_jobs(tmp_path), None))
-    test_curves = next(c for c in ax.collections if isinstance(c, LineCollection))
-    assert list(test_curves.get_segments()[0][:, 1]) == pytest.approx([2 * 2 / e for e in range(1, 5)])  # mean of 2/e and 6/e
-    bands = [c for c in ax.collections if not isinstance(c, LineCollection)]
-    assert len(bands) == 2  # a min-max band around the test and the train curve
+    draw_curves(ax, sweep_plot_data(collect_jobs(tmp_path)))
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([2 * 2 / e for e in range(1, 5)])  # mean of 2/e and 6/e
+    assert len(ax.collections) == 2  # a min-max band around the test and the train curve
 
 
 def test_log_x_when_the_values_span_decades():
@@ -164,12 +164,15 @@ def test_classification_sweep_plots_accuracy_and_no_weight_norm(tmp_path):
     assert not (tmp_path / "weight_norm_vs_reg.dropout1.png").exists()
 
 
-def test_no_numeric_key_plot_for_two_varying_keys(tmp_path):
-    make_job(tmp_path, ["reg.lambd=1", "optim.lr=0.1"])
-    make_job(tmp_path, ["reg.lambd=3", "optim.lr=0.3"])
+def test_a_grid_over_two_keys_gets_a_panel_per_key_and_a_heat_map(tmp_path):
+    for lambd in ("1", "3"):
+        for lr in ("0.1", "0.3"):
+            make_job(tmp_path, [f"reg.lambd={lambd}", f"optim.lr={lr}"], scale=float(lambd) * float(lr))
     summarize_sweep(tmp_path)
-    assert_png(tmp_path / "curves.png")
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["curves.png"]
+    names = {"curves.png", "final_vs_optim.lr.png", "final_vs_reg.lambd.png", "heat_map.png", "weight_norm_vs_reg.lambd.png", "summary.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == names
+    for name in names:
+        assert_png(tmp_path / name)
 
 
 def test_a_job_without_metrics_json_is_read_back_from_its_event_files(tmp_path):
@@ -183,7 +186,7 @@ def test_a_job_without_metrics_json_is_read_back_from_its_event_files(tmp_path):
     rows, _ = summarize_sweep(tmp_path)
     row = rows[1]
     assert (row["status"], row["epochs"], row["test_loss"], row["weight_l2_norm"]) == ("failed", 2, 4.0, 1.5)
-    assert [s.label for s in sweep_settings(collect_jobs(tmp_path), "reg.lambd") if s.finals] == ["reg.lambd=0"]
+    assert [s.label for s in sweep_plot_data(collect_jobs(tmp_path)).settings if s.finals] == ["lambd=0"]
 
 
 def run_summarize_script(monkeypatch, *args: str) -> int:
@@ -198,8 +201,90 @@ def test_summarize_script_rebuilds_from_job_dirs(lambda_sweep, monkeypatch, caps
     assert run_summarize_script(monkeypatch, str(lambda_sweep)) == 0
     out = capsys.readouterr().out
     assert "reg.lambd=100,seed=0" in out and "Mean ± std" in out
+    assert "curves.png, final_vs_reg.lambd.png, summary.png, weight_norm_vs_reg.lambd.png" in out  # the plots it wrote, named
     for name in ("summary.csv", "summary.md", "summary_by_setting.csv", "curves.png", "summary.png"):
         assert (lambda_sweep / name).exists()
+
+
+def test_summarize_script_compares_several_sweeps_in_one_table_and_figure(tmp_path, monkeypatch, capsys):
+    for sweep, scale in (("l1_sweep", 1.0), ("l2_sweep", 2.0)):
+        for lambd in ("0.1", "1"):
+            for seed in (0, 1):
+                make_job(tmp_path / sweep, [f"reg.lambd={lambd}", f"seed={seed}"], scale=scale * float(lambd) + seed)
+    out = tmp_path / "both"
+    assert run_summarize_script(monkeypatch, str(tmp_path / "l1_sweep"), str(tmp_path / "l2_sweep"), "--out", str(out)) == 0
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job"], r["sweep"]) for r in rows[:2]] == [
+        ("l1_sweep/reg.lambd=0.1,seed=0", "l1_sweep"),
+        ("l1_sweep/reg.lambd=0.1,seed=1", "l1_sweep"),
+    ]
+    assert len(rows) == 8 and (out / "summary_by_setting.csv").exists()
+    fig = Figure()
+    ax = fig.add_subplot()
+    draw_final_vs_key(ax, sweep_plot_data([j for d in ("l1_sweep", "l2_sweep") for j in collect_jobs(tmp_path / d, sweep=d)]), "reg.lambd")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["test", "train", "sweep=l1_sweep", "sweep=l2_sweep"]
+    assert_png(out / "summary.png")
+    assert (tmp_path / "l1_sweep" / "summary.csv").exists()  # each sweep summarized on its own too
+
+
+def test_methods_side_by_side_against_the_numeric_key(tmp_path):
+    """reg=l1,l2 × λ: one line per method against λ on shared axes, a legend outside the axes, and the sparsity."""
+    for reg in ("l1", "l2"):
+        for lambd in ("0.1", "1", "10"):
+            config = {"model": {"name": "linear"}, "reg": {"name": reg, "penalty": reg, "lambd": float(lambd)}, "seed": 0}
+            make_job(tmp_path, [f"reg={reg}", f"reg.lambd={lambd}"], scale=float(lambd), config=config)
+    jobs = collect_jobs(tmp_path)
+    sweep = sweep_plot_data(jobs)
+    assert (sweep.swept, sweep.numeric, sweep.penalized) == (["reg", "reg.lambd"], ["reg.lambd"], True)
+    names = [name for name, _ in sweep_panels(sweep)]
+    assert names == ["curves.png", "final_vs_reg.lambd.png", "weight_norm_vs_reg.lambd.png", "sparsity_vs_reg.lambd.png"]
+    fig = Figure()
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.1, 0.1, 0.5, 0.8))
+    draw_final_vs_key(ax, sweep, "reg.lambd")
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["test", "train", "reg=l1", "reg=l2"]
+    lines = [line for line in ax.lines if line.get_linestyle() in ("-", "--")]  # not the error bars' caps
+    assert len(lines) == 4 and len({line.get_color() for line in lines}) == 2  # test and train per method, a colour each
+    canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # outside the curves
+    summarize_sweep(tmp_path)
+    with open(tmp_path / "summary.csv") as f:
+        row = next(csv.DictReader(f))
+    assert (row["job"], row["model"], row["reg"], float(row["reg.lambd"]), int(row["seed"])) == (
+        "reg.lambd=0.1,reg=l1",
+        "linear",
+        "l1",
+        0.1,
+        0,
+    )
+
+
+def test_log_axis_ticks_are_labelled_within_a_decade():
+    from regularization.plots import readable_log_ticks
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([1, 2, 3], [0.9, 0.5, 0.3])
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    readable_log_ticks(ax.yaxis, low, high)
+    FigureCanvasAgg(fig).draw()
+    labels = [ax.yaxis.get_major_formatter()(v) for v in ax.yaxis.get_majorticklocs() if low <= v <= high]
+    assert labels == ["0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
+
+
+def test_best_epoch_and_convergence():
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": [3, 1, 2, 2.5][e - 1], "test_acc": [0.5, 0.7, 0.9, 0.8][e - 1]} for e in (1, 2, 3, 4)
+    ]
+    assert best_metrics(history) == {"best_test_loss": 1, "best_test_loss_epoch": 2, "best_test_acc": 0.9, "best_test_acc_epoch": 3}
+    assert converged(history, 4) is False  # the train loss fell by a quarter over the last epoch
+    flat = [{"epoch": e, "train_loss": 1 + 1e-4 / e} for e in range(1, 101)]
+    assert converged(flat, 100) is True
+    assert converged(flat[:1], 100) is None  # one evaluation: can't tell
+    assert best_metrics([{"epoch": 1, "test_loss": 2.0, "test_acc": None}])["best_test_acc"] is None  # regression
 
 
 def test_summarize_script_refuses_a_dir_without_jobs(tmp_path, monkeypatch, capsys):
@@ -214,7 +299,7 @@ def test_each_panel_png_is_its_slot_of_the_summary(lambda_sweep):
     names = ("curves.png", "final_vs_reg.lambd.png", "weight_norm_vs_reg.lambd.png")
     with Image.open(lambda_sweep / "summary.png") as summary:
         whole = np.asarray(summary)
-    width = whole.shape[1] // len(names)
+    width = round(SLOT[0] * 100)
     for i, name in enumerate(names):
         with Image.open(lambda_sweep / name) as panel:
             assert np.array_equal(np.asarray(panel), whole[:, i * width : (i + 1) * width])
