@@ -337,31 +337,26 @@ def _write_png(path: Path, rgba: np.ndarray) -> Path:
     return path
 
 
-def draw_panels(
-    out_dir: Path, panels: list[Panel], summary: str = "summary.png", title: str | None = None, each: bool = True
-) -> list[Path]:
-    """Draw the panels once, in a grid of COLUMNS a row; with ``each``, each panel's PNG is its slot cut from that
-    canvas; ``summary`` is the whole grid (written when there is more than one panel, or not ``each``)."""
+def draw_panels(out_dir: Path, panels: list[Panel]) -> list[Path]:
+    """Draw the panels once, in a grid of COLUMNS a row; each panel's PNG is its slot cut from that canvas, and
+    summary.png (with more than one panel) the whole grid."""
     columns = min(COLUMNS, len(panels))
     rows = math.ceil(len(panels) / columns)
-    top = 0.35 if title else 0.0
-    fig = Figure(figsize=(SLOT[0] * columns, SLOT[1] * rows + top), dpi=DPI)
+    fig = Figure(figsize=(SLOT[0] * columns, SLOT[1] * rows), dpi=DPI)
     canvas = FigureCanvasAgg(fig)
     for i, (_, draw) in enumerate(panels):
         ax = _slot_axes(fig, i, columns)
         draw(ax)
         _tidy_log_axes(ax)
-    if title:
-        fig.suptitle(title, y=1 - 0.05 / fig.get_size_inches()[1], va="top", fontsize="medium")
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
-    w, h, offset = round(SLOT[0] * DPI), round(SLOT[1] * DPI), round(top * DPI)
+    w, h = round(SLOT[0] * DPI), round(SLOT[1] * DPI)
     paths = []
-    for i, (name, _) in enumerate(panels if each else []):
+    for i, (name, _) in enumerate(panels):
         row, col = divmod(i, columns)
-        paths.append(_write_png(Path(out_dir) / name, rgba[offset + row * h : offset + (row + 1) * h, col * w : (col + 1) * w]))
-    if len(panels) > 1 or not each:
-        paths.append(_write_png(Path(out_dir) / summary, rgba))
+        paths.append(_write_png(Path(out_dir) / name, rgba[row * h : (row + 1) * h, col * w : (col + 1) * w]))
+    if len(panels) > 1:
+        paths.append(_write_png(Path(out_dir) / "summary.png", rgba))
     return paths
 
 
@@ -387,10 +382,17 @@ def save_run_curves(out_dir: Path, history: list[dict], title: str) -> Path | No
         return None
     try:
         run = Sweep([Setting("run", histories=[history], finals=[history[-1]])], [], classification=history[-1].get("test_acc") is not None)
-        panels: list[Panel] = [("loss", lambda ax: draw_curves(ax, run))]
-        if run.classification:
-            panels.append(("accuracy", lambda ax: draw_curves(ax, run, "acc")))
-        return draw_panels(out_dir, panels, "curves.png", textwrap.shorten(title, 140), each=False)[0]
+        metrics = ["loss", "acc"] if run.classification else ["loss"]
+        fig = Figure(figsize=(5.0 * len(metrics), 3.8), dpi=DPI)
+        for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
+            draw_curves(ax, run, metric)
+            _tidy_log_axes(ax)
+        fig.suptitle(textwrap.fill(title.replace(",", ", "), 90), fontsize="medium")
+        fig.tight_layout()
+        path = Path(out_dir) / "curves.png"
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI)
+        return path
     except Exception:  # noqa: BLE001
         log.warning("could not draw %s", Path(out_dir) / "curves.png", exc_info=True)
         return None

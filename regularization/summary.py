@@ -135,6 +135,7 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     naming: Naming = field(default_factory=Naming)
     sweep: str | None = None  # the sweep dir's name, when several sweeps are compared
+    sweep_keys: tuple[str, ...] = ()  # keys that other jobs of the sweep override: this job's values of them too
 
     @property
     def name(self) -> str:
@@ -159,7 +160,8 @@ class Job:
         ones), then the seed; parsed (numbers as numbers), from its config where the key is there."""
         overridden = {override_key(o): o for o in self.naming.kept(self.overrides) if not parse_override(o).is_delete()}
         values: dict[str, Any] = {"sweep": self.sweep} if self.sweep else {}
-        for key in [*GROUPS, *sorted(k for k in overridden if k not in GROUPS and k != SEED_KEY), SEED_KEY]:
+        named = {*overridden, *self.sweep_keys} - {*GROUPS, SEED_KEY}
+        for key in [*GROUPS, *sorted(named), SEED_KEY]:
             value = _select(self.config, key)
             if value is None and key in overridden:
                 value = parse_override(overridden[key]).value()
@@ -201,9 +203,12 @@ def _natural(job: Job) -> list[tuple]:
 
 
 def collect_jobs(sweep_dir: Path, sweep: str | None = None) -> list[Job]:
+    """The sweep's jobs, in name order; each knows the keys any job of the sweep overrides (``Job.keys``)."""
     dirs = job_dirs(sweep_dir)
     naming = naming_of(dirs[0]) if dirs else Naming()  # a sweep's jobs share their hydra config
-    return sorted((dataclasses.replace(read_job(d, naming), sweep=sweep) for d in dirs), key=_natural)
+    jobs = [read_job(d, naming) for d in dirs]
+    union = tuple(sorted({override_key(o) for job in jobs for o in naming.kept(job.overrides)}))
+    return sorted((dataclasses.replace(job, sweep=sweep, sweep_keys=union) for job in jobs), key=_natural)
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:

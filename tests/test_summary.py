@@ -324,3 +324,13 @@ def test_long_lived_heap_frozen_still_collects_new_garbage():
         gc.collect()
         assert ref() is None  # a cycle made inside the block is collected
     assert gc.get_freeze_count() == 0
+
+
+def test_a_key_one_job_overrides_is_read_from_every_jobs_config(tmp_path):
+    """Job A sets model.init_std=1 on the command line, job B has 1 by default: the key does not set them apart."""
+    config = {"model": {"name": "linear", "init_std": 1.0}, "seed": 0}
+    make_job(tmp_path, ["reg.lambd=0", "model.init_std=1"], config=config | {"reg": {"name": "l2", "lambd": 0.0}})
+    make_job(tmp_path, ["reg.lambd=3"], config=config | {"reg": {"name": "l2", "lambd": 3.0}})
+    jobs = collect_jobs(tmp_path)
+    assert [j.keys["model.init_std"] for j in jobs] == [1.0, 1.0]
+    assert sweep_plot_data(jobs).swept == ["reg.lambd"]
