@@ -274,7 +274,7 @@ def draw_weight_norm(ax: Axes, sweep: Sweep, x: str) -> None:
 def draw_sparsity(ax: Axes, sweep: Sweep, x: str) -> None:
     """The final fraction of penalized weights below the sparsity threshold, against key x."""
     draw_vs_key(ax, sweep, x, {"sparsity": "sparsity"}, "fraction of |w| < threshold", f"final sparsity vs {x}")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(bottom=0)
 
 
 def draw_heat_map(ax: Axes, sweep: Sweep, rows: str, cols: str) -> None:

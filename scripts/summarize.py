@@ -20,6 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from regularization.summary import compare_sweeps, console_report, job_dirs, summarize_sweep  # noqa: E402
 
 
+def outputs(out_dir: Path) -> list[str]:
+    """The tables and plots a summary writes, by name."""
+    return sorted({p.name for p in out_dir.glob("summary*")} | {p.name for p in out_dir.glob("*.png")})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR", help="a multirun dir, e.g. outputs/multirun/<time>")
@@ -33,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     for sweep_dir in args.sweep_dirs:
         rows, stats = summarize_sweep(sweep_dir)
         print(f"{sweep_dir}:\n{console_report(rows, stats)}\n")
-    written = {d: sorted(p.name for p in d.glob("summary*")) + sorted(p.name for p in d.glob("*.png")) for d in args.sweep_dirs}
+    written = {d: outputs(d) for d in args.sweep_dirs}
     if len(args.sweep_dirs) > 1:
         rows, stats = compare_sweeps(args.sweep_dirs, args.out)
         print(f"All {len(args.sweep_dirs)} sweeps:\n{console_report(rows, stats)}\n")
-        written[args.out] = sorted(p.name for p in args.out.glob("summary*")) + sorted(p.name for p in args.out.glob("*.png"))
+        written[args.out] = outputs(args.out)
     for out_dir, names in written.items():
         print(f"Wrote into {out_dir}: {', '.join(names)}")
     return 0
