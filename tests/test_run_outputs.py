@@ -257,8 +257,10 @@ def test_metrics_hold_the_best_epoch_and_the_sparsity_at_the_threshold(make_cfg)
 
 
 def test_a_single_run_plot_is_titled_with_its_overrides(make_cfg, monkeypatch):
+    from regularization import plots
+
     titles = []
-    monkeypatch.setattr(engine, "save_run_curves", lambda out_dir, history, title: titles.append(title))
+    monkeypatch.setattr(plots, "save_run_curves", lambda out_dir, history, title: titles.append(title))
     train_job(make_cfg("reg.lambd=3", "trainer.epochs=2", "device=cpu"))
     assert titles == ["reg.lambd=3,trainer.epochs=2"]  # the run's overrides, not its dir's timestamp; device is excluded
 
