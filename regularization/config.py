@@ -8,6 +8,8 @@ being there. It runs before any training, once per job of a sweep.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -167,14 +169,19 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="model", name="base_mlp", node=MLPConfig)
-    cs.store(group="reg", name="base_reg", node=RegConfig)
-    cs.store(group="reg", name="base_dropout", node=DropoutRegConfig)
-    cs.store(group="data", name="base_synthetic", node=SyntheticConfig)
-    cs.store(group="data", name="base_fashion_mnist", node=FashionMNISTConfig)
-    cs.store(group="optim", name="base_optim", node=OptimConfig)
-    cs.store(group="optim", name="base_sgd", node=SGDConfig)
+    # Under schema/<group>, not <group>: the YAML files extend them (/schema/reg/base@_here_), and Hydra's lists of
+    # a group's choices (errors, --help) show the choices alone.
+    for group, name, node in (
+        ("model", "base", ModelConfig),
+        ("model", "mlp", MLPConfig),
+        ("reg", "base", RegConfig),
+        ("reg", "dropout", DropoutRegConfig),
+        ("data", "synthetic", SyntheticConfig),
+        ("data", "fashion_mnist", FashionMNISTConfig),
+        ("optim", "base", OptimConfig),
+        ("optim", "sgd", SGDConfig),
+    ):
+        cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -200,8 +207,65 @@ def impl_of(reg: DictConfig) -> str | None:
     return reg.impl if reg.impl is not None else IMPLS[reg.penalty][0]
 
 
+GROUPS = ("model", "reg", "data", "optim")  # Any in Config: each YAML file of the group brings its schema (schema/<group>)
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Raise ConfigError for a key that is not in its node's schema, with the closest real key.
+
+    Hydra lets ``+reg.lamda=3`` and ``++reg.lamda=3`` add keys to a structured config (it opens struct mode for
+    them), so the composed config can hold keys that no code reads. Compared here against the dataclasses.
+    """
+    keys = _schema_keys(cfg, "")
+    known = [path for path, ok in keys if ok]
+    for path, ok in keys:
+        if not ok:
+            raise ConfigError(f"Invalid config: {path}: {_where(cfg, path)} has no such key; {_suggest(path, known)}")
+
+
+def _schema_keys(node: DictConfig, prefix: str) -> list[tuple[str, bool]]:
+    """Every dotted key that node's schemas allow, and every key under node, each with whether its schema has it."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        group = prefix.rstrip(".")
+        name = f"{group}={node.get('name')}" if isinstance(node.get("name"), str) else group
+        hint = f"begin its file with `defaults: [/schema/{group}/base@_here_, _self_]`, as conf/{group}/*.yaml do"
+        raise ConfigError(f"Invalid config: {group}: {name} extends no schema, so its keys cannot be checked; {hint}")
+    allowed = [f.name for f in dataclasses.fields(schema)]
+    found = [(f"{prefix}{key}", True) for key in allowed]
+    for key in node.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        if key not in allowed:
+            found.append((f"{prefix}{key}", False))
+        elif isinstance(child := node._get_node(key), DictConfig):
+            found += _schema_keys(child, f"{prefix}{key}.")
+    return found
+
+
+def _suggest(path: str, known: list[str]) -> str:
+    """The closest real key by its dotted path (reg.lamda: reg.lambd), else by its last part (lr: optim.lr)."""
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    if not close:
+        leaves = {k.rpartition(".")[2]: k for k in known}
+        close = [leaves[m] for m in difflib.get_close_matches(path.rpartition(".")[2], list(leaves), n=1, cutoff=0.8)]
+    parent = path.rpartition(".")[0]
+    here = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+    return f"did you mean {close[0]}?" if close else f"the keys there are: {', '.join(here)}"
+
+
+def _where(cfg: DictConfig, path: str) -> str:
+    """The node that lacks the key, named by its group choice where it has one: ``reg=l2``."""
+    parent = path.rpartition(".")[0]
+    if not parent:
+        return "the top level"
+    name = OmegaConf.select(cfg, f"{parent}.name", default=None)
+    return f"{parent}={name}" if isinstance(name, str) else parent
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError, naming the key and what is allowed, for a config that cannot run."""
+    check_keys(cfg)
     _validate_reg(cfg)
     _require(cfg.optim.name in OPTIMIZERS, "optim.name", f"got {cfg.optim.name!r}, allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
