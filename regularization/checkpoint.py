@@ -36,6 +36,7 @@ RESUMABLE_KEYS = (
     "optimize_metric",
     "optimize_direction",
     "sparsity_threshold",  # what is reported, not what is trained
+    "optimize_seeds",
 )
 
 

@@ -156,6 +156,7 @@ class Config:
     optimize_metric: str = "test_loss"  # the final metric train.py returns to a sweeper (METRICS)
     optimize_direction: Direction = Direction.minimize
     sparsity_threshold: float = 1e-3  # sparsity = the fraction of penalized weights with |w| below this
+    optimize_seeds: int = 1  # a search (hydra/sweeper=optuna_seeds) scores each trial by its mean over seeds seed..seed+n-1
 
 
 IMPLS = {Penalty.none: (None,), Penalty.l2: ("penalty", "weight_decay"), Penalty.l1: ("subgradient", "proximal")}
@@ -291,6 +292,7 @@ def validate(cfg: DictConfig) -> None:
 def _validate_metric(cfg: DictConfig) -> None:
     metric = cfg.optimize_metric
     _require(metric in METRICS, "optimize_metric", f"got {metric!r}, allowed: {', '.join(METRICS)}")
+    _require(cfg.optimize_seeds >= 1, "optimize_seeds", f"must be >= 1, got {cfg.optimize_seeds}")
     if metric.endswith("_acc"):
         _require(cfg.data.name != "synthetic", "optimize_metric", f"{metric} needs classification data; synthetic is regression")
 

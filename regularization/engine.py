@@ -257,6 +257,9 @@ def run(cfg: DictConfig) -> float:
     unless the error broke the process's CUDA context (a device-side assert, say): that stops the sweep.
     At the job's end its cached CUDA memory is given back.
     """
+    if cfg.optimize_seeds != 1 and HydraConfig.get().mode != RunMode.MULTIRUN:
+        message = "averages a search's trials over seeds (-m hparams_search=...); a single run has one seed"
+        raise ConfigError(f"Invalid config: optimize_seeds: {message}")
     device = preflight(cfg)
     set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)

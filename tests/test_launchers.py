@@ -136,7 +136,7 @@ def test_search_presets_pick_the_optuna_sweeper(tmp_path: Path) -> None:
     assert cli.hydra.sweeper._target_.endswith("OptunaSweeper")
     wd = compose_config(["hparams_search=weight_decay_lambda"], tmp_path / "c")
     assert (wd.hydra.sweeper.direction, wd.reg.name, wd.data.name) == (Direction.minimize, "l2", "synthetic")
-    assert dict(wd.hydra.sweeper.params) == {"reg.lambd": "tag(log, interval(1e-4, 10))"}
+    assert dict(wd.hydra.sweeper.params) == {"reg.lambd": "tag(log, interval(1e-2, 1000))"}
     dropout = compose_config(["hparams_search=dropout_rates"], tmp_path / "d")
     searched = (dropout.hydra.sweeper.direction, dropout.optimize_metric, dropout.reg.name)
     assert searched == (Direction.maximize, "test_acc", "dropout_scratch")

@@ -4,11 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from hydra_plugins.regularization_sweeper.optuna_seeds import SeedAveragingLauncher
 from regularization.config import ConfigError, Penalty, validate
-from regularization.engine import preflight
+from regularization.engine import preflight, run
 from tests.conftest import run_train
 
 # ---- no key is added silently ---------------------------------------------------------------------------------------
@@ -106,3 +108,83 @@ def test_a_sweep_over_reg_on_the_mlp(tmp_path, tiny_fashion_root):
     runs = [(OmegaConf.load(p.parent / ".hydra" / "config.yaml").reg.name, json.loads(p.read_text())) for p in sweep.glob("*/metrics.json")]
     assert sorted(name for name, _ in runs) == ["dropout_scratch", "l2", "none"]
     assert all(m["status"] == "completed" and m["test_acc"] is not None for _, m in runs)
+
+
+# ---- search: a range that brackets the optimum, widened in one line, averaged over seeds -----------------------------
+
+
+class FakeLauncher:
+    """Records what it is asked to launch; each job returns its seed (None for seed 7: a failed run)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[list[str]], int]] = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.calls.append(([list(o) for o in job_overrides], initial_job_idx))
+        returns = []
+        for overrides in job_overrides:
+            seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            ret.return_value = None if seed == 7 else float(seed)
+            returns.append(ret)
+        return returns
+
+
+def test_each_trial_runs_its_seeds_in_one_batch_and_reports_their_mean():
+    inner = FakeLauncher()
+    launcher = SeedAveragingLauncher(inner, range(5, 8))
+    returns = launcher.launch([("reg.lambd=1", "seed=0"), ("reg.lambd=2",)], initial_job_idx=4)
+    jobs, first = inner.calls[0]
+    assert len(inner.calls) == 1 and first == 12  # trial t's seeds are jobs 3t..3t+2
+    assert jobs == [["reg.lambd=1", f"seed={s}"] for s in (5, 6, 7)] + [["reg.lambd=2", f"seed={s}"] for s in (5, 6, 7)]
+    assert [r.overrides for r in returns] == [["reg.lambd=1", "seed=0"], ["reg.lambd=2"]]
+    assert [r.return_value for r in returns] == [None, None]  # seed 7 failed: the trial fails, it is not averaged
+    inner_ok = FakeLauncher()
+    assert SeedAveragingLauncher(inner_ok, range(0, 3)).launch([("reg.lambd=1",)], 0)[0].return_value == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_a_search_averages_over_seeds_as_one_stacked_group_in_a_range_set_in_one_line(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hparams_search=weight_decay_lambda", "hydra/launcher=vectorized", "optimize_seeds=2", "hydra.sweeper.n_trials=2"]
+    proc = run_train([*args, "reg.lambd=tag(log, interval(1, 500))", "trainer.epochs=3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.stderr.count("Launching 2 jobs as 1 vectorized group") + proc.stdout.count("Launching 2 jobs as 1 vectorized group") == 2
+    runs = {}
+    for path in sweep.glob("*/metrics.json"):
+        assert "hparams_search" not in path.parent.name and "optimize_seeds" not in path.parent.name
+        cfg = OmegaConf.load(path.parent / ".hydra" / "config.yaml")
+        runs.setdefault(cfg.reg.lambd, {})[cfg.seed] = json.loads(path.read_text())["test_loss"]
+    assert len(runs) == 2 and all(1 <= lambd <= 500 and sorted(seeds) == [0, 1] for lambd, seeds in runs.items())
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    means = {lambd: sum(seeds.values()) / 2 for lambd, seeds in runs.items()}
+    assert best.best_value == pytest.approx(min(means.values())) and means[best.best_params["reg.lambd"]] == min(means.values())
+
+
+def test_the_lambda_search_brackets_the_measured_optimum(make_cfg):
+    """docs/study.md: the test loss falls until λ ≈ 100 and SGD diverges past 2/lr ≈ 667: the range holds both ends."""
+    cfg = make_cfg("hparams_search=weight_decay_lambda")
+    low, high = (float(x) for x in cfg.hydra.sweeper.params["reg.lambd"].split("interval(")[1].rstrip(")").split(","))
+    assert low <= 1 and 2 / cfg.optim.lr < high
+
+
+@pytest.mark.slow
+def test_optimize_seeds_outside_a_search_is_refused_and_leaves_no_dir(tmp_path):
+    proc = run_train(["-m", "optimize_seeds=3", "reg.lambd=0,3", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, check=False)
+    assert proc.returncode != 0 and "optimize_seeds" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_optimize_seeds_in_a_single_run_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match="optimize_seeds"):
+        run(make_cfg("optimize_seeds=3"))
+
+
+# ---- a sweep that fails validation leaves no dir ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_sweep_that_fails_validation_leaves_no_dir(tmp_path, launcher):
+    proc = run_train(["-m", f"hydra/launcher={launcher}", "reg.lambd=3,-1", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, check=False)
+    assert proc.returncode != 0 and "reg.lambd" in proc.stderr
+    assert not (tmp_path / "sweep").exists()

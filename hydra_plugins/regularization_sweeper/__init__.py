@@ -1,7 +1,10 @@
 """Hydra's basic sweeper, plus this harness's pre-flight check of every job before any trains."""
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
@@ -13,13 +16,40 @@ class ValidatingSweeperConf(BasicSweeperConf):
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="validating", node=ValidatingSweeperConf, provider="regularization")
+# hydra/sweeper=optuna (hydra-optuna-sweeper, the `launchers` extra) with its trials averaged over optimize_seeds seeds.
+# A plain node extending the plugin's config: a dataclass subclass of its OptunaSweeperConf would hold the plugin's
+# classes from an import before Hydra's plugin scan executes the plugin's module again, two SamplerConfig classes
+# that pickle (the vectorized launcher's config copies) refuses.
+ConfigStore.instance().store(
+    group="hydra/sweeper",
+    name="optuna_seeds",
+    node={"defaults": ["optuna", "_self_"], "_target_": "hydra_plugins.regularization_sweeper.optuna_seeds.SeedAveragingOptunaSweeper"},
+    provider="regularization",
+)
 
 
 class ValidatingSweeper(BasicSweeper):
     """Composes each job's config and runs ``regularization.engine.preflight`` on it before launching:
 
-    a bad value anywhere in the sweep (a negative λ in its third job, say) stops the sweep before any job trains.
+    a bad value anywhere in the sweep (a negative λ in its third job, say) stops the sweep before any job trains,
+    and the sweep dir it would have written into is removed again.
     """
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from regularization.config import ConfigError
+
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        new = not sweep_dir.exists()
+        if self.config.get("optimize_seeds", 1) != 1:
+            message = "averages a search's trials over seeds (hparams_search=..., hydra/sweeper=optuna_seeds); a grid sweeps seed=0,1,2"
+            raise ConfigError(f"Invalid config: optimize_seeds: {message}")
+        try:
+            return super().sweep(arguments)
+        except ConfigError:
+            if new and not any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
+                shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing ran: a sweep that never started leaves no dir
+            raise
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from hydra_plugins.regularization_launcher.compose import SweepComposer

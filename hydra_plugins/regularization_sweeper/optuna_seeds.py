@@ -1,0 +1,73 @@
+"""``hydra/sweeper=optuna_seeds`` (registered in ``__init__``): hydra-optuna-sweeper, each trial averaged over seeds.
+
+A trial with hyperparameters θ runs seeds s₀ … s₀+n−1 (s₀ = the config's ``seed``, n = ``optimize_seeds``) and reports
+    f(θ) = (1/n) Σₖ optimize_metric(θ, s₀+k)
+to the study, so TPE ranks settings by their mean and not by one seed's noise. The seeds of a trial go to the launcher
+in one batch: hydra/launcher=vectorized trains them as one stacked group (seed is a stackable key). With n = 1 this
+is the Optuna sweeper itself. The search presets (hparams_search=...) select it.
+
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # without the `launchers` extra there is no Optuna, and hydra/sweeper=optuna_seeds cannot compose
+    OptunaSweeper = object  # type: ignore[assignment,misc]
+
+log = logging.getLogger(__name__)
+
+
+class SeedAveragingOptunaSweeper(OptunaSweeper):
+    """The Optuna sweeper with its launcher wrapped: each trial runs as ``optimize_seeds`` jobs, one per seed."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from regularization.config import ConfigError
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        seeds = config.get("optimize_seeds", 1)
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"Invalid config: optimize_seeds: must be an integer >= 1, got {seeds!r}")
+        if seeds > 1:
+            self.sweeper.launcher = SeedAveragingLauncher(self.sweeper.launcher, range(config.seed, config.seed + seeds))
+
+
+class SeedAveragingLauncher(Launcher):
+    """Launches each trial's overrides once per seed, in one batch, and returns one JobReturn per trial: the mean.
+
+    Job numbers: trial t's seeds are jobs t·n … t·n+n−1, so the sweeper's trial count keeps them apart.
+    """
+
+    def __init__(self, launcher: Launcher, seeds: range) -> None:
+        self.launcher, self.seeds = launcher, seeds
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        n = len(self.seeds)
+        jobs = [[*(o for o in trial if not o.startswith("seed=")), f"seed={s}"] for trial in job_overrides for s in self.seeds]
+        returns = self.launcher.launch(jobs, initial_job_idx=initial_job_idx * n)
+        return [self.mean(job_overrides[t], returns[t * n : (t + 1) * n]) for t in range(len(job_overrides))]
+
+    def mean(self, trial: Sequence[str], returns: Sequence[JobReturn]) -> JobReturn:
+        """The trial's JobReturn: its first seed's, with the mean over seeds as its value; a failed seed fails the trial."""
+        failed = [r for r in returns if r.status != JobStatus.COMPLETED]
+        if failed:
+            return failed[0]
+        values = [r.return_value for r in returns]
+        finite = all(v is not None and math.isfinite(v) for v in values)
+        mean = sum(values) / len(values) if finite else None  # None: Optuna records a failed trial (train.py's convention)
+        shown = ", ".join("failed" if v is None else f"{v:.6g}" for v in values)
+        shown_mean = "failed" if mean is None else f"{mean:.6g}"
+        log.info("trial %s: mean %s over seeds %d..%d (%s)", " ".join(trial), shown_mean, self.seeds[0], self.seeds[-1], shown)
+        ret = JobReturn(overrides=list(trial), cfg=returns[0].cfg, hydra_cfg=returns[0].hydra_cfg, working_dir=returns[0].working_dir)
+        ret.task_name, ret.status, ret.return_value = returns[0].task_name, JobStatus.COMPLETED, mean
+        return ret
