@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -313,12 +315,21 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     write_json_atomic(metrics_path, result)
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
+        log.warning("to resume: %s", resume_command(HydraConfig.get(), HydraConfig.get().mode == RunMode.MULTIRUN))
         raise SystemExit(130)
     if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep draws all its jobs at its end, in the sweep dir
         from regularization.plots import save_run_curves  # matplotlib, imported where it draws
 
         save_run_curves(out_dir, result["history"], HydraConfig.get().job.override_dirname or "conf/config.yaml's defaults")
     return final_metric(result, cfg.optimize_metric)
+
+
+def resume_command(hydra: DictConfig, multirun: bool) -> str:
+    """The command line that started this process, pointed at its run dir (or sweep dir): rerunning it resumes."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    where = Path(str(hydra.sweep.dir if multirun else hydra.runtime.output_dir)).absolute()
+    args = [a for a in sys.argv[1:] if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
+    return shlex.join(["python", sys.argv[0], *args, f"{key}={where}"])
 
 
 def completed_result(out_dir: Path, epochs: int) -> dict | None:

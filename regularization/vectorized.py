@@ -35,7 +35,7 @@ from torch import nn
 
 from regularization.config import DropoutStyle, config_without, impl_of
 from regularization.data import load_data
-from regularization.engine import EVAL_BATCH, final_metric, seed_everything, set_deterministic
+from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
 from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
@@ -479,6 +479,7 @@ def train_group(
         for d in out_dirs:
             write_json_atomic(d / "metrics.json", {"status": "interrupted"})
         log.warning("interrupted: a rerun into the same sweep dir trains this group again from its start")
+        log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))
         raise SystemExit(130) from None
     except Exception as err:
         error = failure_message(err, "a smaller hydra.launcher.max_members or data.batch_size")

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from regularization.checkpoint import CHECKPOINT
+from regularization.checkpoint import CHECKPOINT, checkpoint_epoch
 from regularization.config import ConfigError
 from regularization.engine import preflight, train
 from tests.conftest import ROOT, run_train
@@ -85,7 +86,9 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     job = tmp_path / "job"
     proc = Run([*WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"], tmp_path)
     wait_for(job / CHECKPOINT, proc)
-    time.sleep(1.0)  # let it pass a few evaluations
+    while checkpoint_epoch(job / CHECKPOINT) <= 50:  # past its first evaluation (epoch 50), however busy the machine
+        assert proc.poll() is None, proc.output()
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     m = json.loads((job / "metrics.json").read_text())
@@ -94,6 +97,11 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     assert ckpt["epoch"] == m["epochs"] > 0
     logged = steps(job)
     assert logged and logged[-1] <= m["epochs"]  # flushed: the evaluations made are in the event file
+    # It ends with the command that resumes it: the same one, pointed at its run dir.
+    command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
+    assert command == ["python", str(ROOT / "train.py"), *WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"]
+    resumed = run_train([*command[2:], f"trainer.epochs={m['epochs'] + 50}"], tmp_path)  # a shorter budget, to finish
+    assert "resuming from" in resumed.stdout and json.loads((job / "metrics.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -113,6 +121,8 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
         job = sweep / f"reg.lambd={lambd},trainer.epochs=100000"
         assert json.loads((job / "metrics.json").read_text())["status"] == "interrupted"
         assert steps(job)  # the evaluations made before Ctrl-C were flushed
+    command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
+    assert command == ["python", str(ROOT / "train.py"), *args[:-1], f"hydra.sweep.dir={sweep}"]
 
 
 @pytest.mark.slow
