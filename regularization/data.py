@@ -53,6 +53,9 @@ def fashion_mnist_dir(root: str | Path) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
+FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz)"
+
+
 def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
     """Make the raw IDX files readable by torchvision, or stop with where to put them.
 
@@ -70,12 +73,19 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
             extract_archive(str(raw / name), str(raw))
             missing.remove(name)
     if missing and download:
-        FashionMNIST(str(root), download=True)
+        try:
+            FashionMNIST(str(root), download=True)
+        except (RuntimeError, OSError) as err:  # torchvision's error after every mirror failed; or a socket error it let through
+            reason = str(err).strip().splitlines()[-1]
+            raise ConfigError(
+                f"Invalid config: data.download: could not download Fashion-MNIST from {', '.join(FashionMNIST.mirrors)} ({reason}). "
+                f"Put the files {FILES} into {raw.absolute()}/ by hand, or run `make data` to copy a local copy into data/."
+            ) from None
     elif missing:
         raise ConfigError(
             f"Invalid config: data.root: Fashion-MNIST not found in {raw}/ (missing {', '.join(missing)}). "
-            "Copy the four files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
-            "and t10k-labels-idx1-ubyte (or their .gz) there, or set data.download=true on a machine that is online."
+            f"Run `make data` (copies a local copy into data/), set data.download=true on a machine that is online, "
+            f"or put the files {FILES} there by hand."
         )
 
 

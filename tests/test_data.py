@@ -1,7 +1,10 @@
 """The synthetic generator, the Fashion-MNIST loader (on a tiny IDX dataset) and batching."""
 
+from urllib.error import URLError
+
 import pytest
 import torch
+import torchvision
 
 from regularization.config import ConfigError
 from regularization.data import ensure_fashion_mnist, fashion_mnist, minibatches, synthetic_regression
@@ -42,8 +45,21 @@ def test_fashion_mnist_loader_reads_idx(tmp_path, gz):
 
 
 def test_missing_fashion_mnist_says_where_to_put_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.root.*FashionMNIST/raw.*data\.download=true"):
+    with pytest.raises(ConfigError, match=r"data\.root.*FashionMNIST/raw.*`make data`.*data\.download=true"):
         ensure_fashion_mnist(tmp_path, download=False)
+
+
+def test_a_failed_download_is_a_short_error_naming_the_source_and_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(url, **kwargs):  # what urllib raises on a machine without network; never the real network here
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    with pytest.raises(ConfigError) as err:
+        ensure_fashion_mnist(tmp_path, download=True)
+    message = str(err.value)
+    assert "data.download" in message and "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/" in message
+    assert "Temporary failure in name resolution" in message and f"{tmp_path}/FashionMNIST/raw/" in message
+    assert "train-images-idx3-ubyte" in message and "`make data`" in message and len(message.splitlines()) == 1
 
 
 def test_minibatches_cover_every_index_once():

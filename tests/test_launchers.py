@@ -199,7 +199,7 @@ def test_optuna_study_finds_a_lambda(tmp_path: Path) -> None:
     args = ["-m", "hparams_search=weight_decay_lambda", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "trainer.epochs=5"]
     run_train([*args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=ENV)
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert 1e-4 <= results.best_params["reg.lambd"] <= 10
+    assert 1e-2 <= results.best_params["reg.lambd"] <= 1000  # the preset's range
     rows = collect(sweep_dir)
     assert len(rows) == 4
     assert results.best_value == min(r["test_loss"] for r in rows)
