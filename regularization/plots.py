@@ -235,7 +235,8 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
         xs = [at[s.keys.get(x)] for s in settings]
         for (metric, _), style, marker in styles:
             mean, low, high = np.array([_final(s, metric) for s in settings]).T
-            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], fmt=style, marker=marker, ms=4, capsize=2, lw=1.2, color=colour)
+            ls = style if categories is None else "none"  # categories are not a scale: no line between them
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], ls=ls, marker=marker, ms=4, capsize=2, lw=1.2, color=colour)
     if categories is None:
         set_x_scale(ax, list(at))
     else:
