@@ -81,10 +81,20 @@ def test_every_reg_runs_on_every_experiment_with_its_own_defaults(make_cfg, tiny
             preflight(cfg)
         return
     preflight(cfg)
-    assert cfg.reg.name == reg and cfg.reg.lambd == 0
+    mlp_l2 = reg == "l2" and cfg.model.name == "mlp"  # conf/reg_on_model/mlp_l2.yaml: else L2 would be reg=none
+    assert cfg.reg.name == reg and cfg.reg.lambd == (1e-4 if mlp_l2 else 0)
     assert cfg.reg.penalty is {"l2": Penalty.l2, "l1": Penalty.l1}.get(reg, Penalty.none)
     if reg.startswith("dropout"):
         assert (cfg.reg.dropout1, cfg.reg.dropout2, cfg.reg.input_dropout, cfg.reg.max_norm) == (0.2, 0.5, 0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lambd"),
+    [(["reg=l2"], 0.0), (["model=mlp", "reg=l2"], 1e-4), (["model=mlp", "reg=l2", "reg.lambd=3e-4"], 3e-4), (["model=mlp", "reg=l1"], 0.0)],
+)
+def test_l2_on_the_mlp_has_a_lambda_of_its_own(make_cfg, overrides, lambd):
+    """On the linear model the weight-decay chapter's λ = 0; on the MLP L2 defaults to a λ, so reg=l2 differs from reg=none."""
+    assert make_cfg(*overrides).reg.lambd == lambd
 
 
 def test_experiment_presets_keep_their_model_data_and_optimizer_under_another_reg(make_cfg):
