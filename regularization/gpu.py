@@ -28,7 +28,7 @@ STICKY_CUDA_ERRORS = (
 def use_deterministic_workspace() -> None:
     """Set CUBLAS_WORKSPACE_CONFIG unless the user did. cuBLAS reads it once per process, at the first cuBLAS call,
     so this must run before any CUDA work (the package does it on import): then ``trainer.deterministic=true`` works
-    in any job of a sweep, even after jobs without it. 8 × 4 MiB is cuBLAS's default size on recent GPUs."""
+    in any job of a sweep, even after jobs without it."""
     os.environ.setdefault(CUBLAS_WORKSPACE, DETERMINISTIC_WORKSPACES[0])
 
 

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "gpu_check"
 DATA = ROOT / "data"
 NO_CUDA = "gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with an NVIDIA GPU"
-WEIGHT_DECAY_ADAM = ["+experiment=weight_decay", "optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.eval_every=50"]
+# A checkpoint after every epoch (no minimum interval), so that the kill lands between two checkpoints mid-run.
+EVERY_EPOCH = "trainer.checkpoint_min_interval_s=0"
+WEIGHT_DECAY_ADAM = ["+experiment=weight_decay", "optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.eval_every=50", EVERY_EPOCH]
 
 
 def require_cuda(available: bool) -> None:
@@ -139,7 +141,7 @@ def kill_then_resume(work: Path, name: str, args: list[str]) -> dict:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     log.close()
-    interrupted = not (killed / "metrics.json").exists()
+    interrupted = not (killed / "metrics.json").exists() and (killed / "checkpoint.pt").exists()
     resumed = train([*args, f"hydra.run.dir={killed}"], work)
     diff = max_rel_diff(metrics(killed), metrics(straight)) if (killed / "metrics.json").exists() else math.inf
     bitwise = without_wall_time(metrics(killed)) == without_wall_time(metrics(straight)) if math.isfinite(diff) else False
@@ -155,9 +157,10 @@ def kill_then_resume(work: Path, name: str, args: list[str]) -> dict:
 
 
 def check_resume(work: Path) -> list[dict]:
-    rows = [kill_then_resume(work, "weight_decay_adam", [*WEIGHT_DECAY_ADAM, "trainer.epochs=3000", "device=cuda"])]
+    rows = [kill_then_resume(work, "weight_decay_adam", [*WEIGHT_DECAY_ADAM, "trainer.epochs=1500", "device=cuda"])]
     if has_fashion_mnist():
-        rows.append(kill_then_resume(work, "dropout_mlp", ["+experiment=dropout", f"data.root={DATA}", "trainer.epochs=8", "device=cuda"]))
+        dropout = ["+experiment=dropout", f"data.root={DATA}", "trainer.epochs=8", EVERY_EPOCH, "device=cuda"]
+        rows.append(kill_then_resume(work, "dropout_mlp", dropout))
     return rows
 
 
