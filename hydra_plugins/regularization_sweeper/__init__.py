@@ -2,12 +2,15 @@
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
 @dataclass
@@ -28,11 +31,28 @@ ConfigStore.instance().store(
 )
 
 
+class ComposedSweepLoader:
+    """The config loader, with ``load_sweep_config(master, overrides)`` answered by the sweep's SweepComposer,
+    which gives the config Hydra would compose, composing once per structure (a λ sweep: not at all)."""
+
+    def __init__(self, loader: Any, composer: Any) -> None:
+        self.loader, self.composer = loader, composer
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        if master_config is not self.composer.master:
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
+        return self.composer.compose(sweep_overrides)[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)  # everything else is the loader's
+
+
 class ValidatingSweeper(BasicSweeper):
     """Composes each job's config and runs ``regularization.engine.preflight`` on it before launching:
 
     a bad value anywhere in the sweep (a negative λ in its third job, say) stops the sweep before any job trains,
-    and the sweep dir it would have written into is removed again.
+    and the sweep dir it would have written into is removed again. The basic launcher then takes the configs
+    from the same SweepComposer instead of composing each job again.
     """
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -51,17 +71,25 @@ class ValidatingSweeper(BasicSweeper):
                 shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing ran: a sweep that never started leaves no dir
             raise
 
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_launcher.compose import SweepComposer
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if getattr(self.launcher, "preflights_every_job", False):
+            return  # the launcher composes and checks every job itself, before any trains
+        self.composer = SweepComposer(hydra_context.config_loader, config)
+        if type(self.launcher) is BasicLauncher:  # joblib's and submitit's compose in their workers
+            loader = ComposedSweepLoader(hydra_context.config_loader, self.composer)
+            self.launcher.hydra_context = replace(hydra_context, config_loader=loader)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from regularization.config import ConfigError
         from regularization.engine import preflight
 
-        assert self.hydra_context is not None and self.config is not None
         if getattr(self.launcher, "preflights_every_job", False):
-            return  # the launcher composes and checks every job itself, before any trains
-        compose = SweepComposer(self.hydra_context.config_loader, self.config)  # composes once per structure
+            return
         for overrides in batch:
             try:
-                preflight(compose.task(overrides))
+                preflight(self.composer.task(overrides))
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(overrides)}") from None
