@@ -1,0 +1,247 @@
+"""Rerun what the tables of README.md and docs/ report, and write the tables between their markers.
+
+Each table sits between ``<!-- numbers:NAME -->`` and ``<!-- /numbers -->`` in its file; this script
+replaces what is between them with a fresh table, the command that produced it, and the machine and date.
+Nothing outside the markers changes, so a table cannot drift from what the code gives today.
+
+    python scripts/docs_numbers.py                   # every table (minutes: real Fashion-MNIST runs, the benchmark)
+    python scripts/docs_numbers.py --only fidelity-weight-decay fidelity-dropout
+    python scripts/docs_numbers.py --bench-json outputs/bench/bench-<time>.json   # the speed table from a bench run
+    python scripts/docs_numbers.py --fast --root COPY --data-root TINY            # tiny runs into a copy (the test)
+
+``--fast`` shrinks every run (few epochs, few seeds) so that tests/test_docs.py can check, in seconds, that
+each table is regenerated and lands between its markers. Its numbers are not meant for the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"(<!-- numbers:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.DOTALL)
+
+
+def machine() -> str:
+    """The machine, torch, the date, and the load others put on the machine (which skews wall times)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0]
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {date.today().isoformat()}, load average {load:.1f}"
+
+
+def run_sweep(args: list[str], workdir: Path) -> tuple[Path, str]:
+    """``python train.py -m ARGS`` into a fresh sweep dir; the dir and the console output."""
+    out = Path(tempfile.mkdtemp(dir=workdir))
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return out, proc.stdout + proc.stderr
+
+
+def sweep(args: list[str], workdir: Path) -> list[dict]:
+    """``python train.py -m ARGS`` into a fresh sweep dir; each job's overrides and metrics.json."""
+    out, _ = run_sweep(args, workdir)
+    jobs = []
+    for job in sorted(p for p in out.iterdir() if (p / "metrics.json").exists()):
+        overrides = dict(line.removeprefix("- ").split("=", 1) for line in (job / ".hydra" / "overrides.yaml").read_text().splitlines())
+        jobs.append({"overrides": overrides, **json.loads((job / "metrics.json").read_text())})
+    return jobs
+
+
+def mean_range(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def make_run(opts: argparse.Namespace) -> str:
+    """The console table that `make run` (python train.py -m reg.lambd=0,3) ends with."""
+    _, console = run_sweep(["reg.lambd=0,3", *(["trainer.epochs=3"] if opts.fast else [])], opts.workdir)
+    lines = console.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Sweep summary" in line) + 1
+    rows = [line.rstrip() for line in lines[start : start + 3]]
+    return f"```\n{chr(10).join(rows)}\n```\n\n({machine()}; `wall_s` is each job's training time.)"
+
+
+def fidelity_weight_decay(opts: argparse.Namespace) -> str:
+    """λ = 0 against λ = 3, both implementations of the L2 penalty, over seeds."""
+    seeds, epochs = ("0,1", 3) if opts.fast else ("0,1,2,3,4", 100)
+    args = ["reg.lambd=0,3", "reg.impl=penalty,weight_decay", f"seed={seeds}", f"trainer.epochs={epochs}"]
+    jobs = sweep(args, opts.workdir)
+    rows = []
+    for lambd in ("0", "3"):
+        for impl in ("penalty", "weight_decay"):
+            js = [j for j in jobs if j["overrides"]["reg.lambd"] == lambd and j["overrides"]["reg.impl"] == impl]
+            rows.append(
+                [
+                    lambd,
+                    impl,
+                    mean_range([j["weight_l2_norm"] for j in js], ".3g"),
+                    format(statistics.mean(j["train_loss"] for j in js), ".2g"),
+                    mean_range([j["test_loss"] for j in js], ".3g"),
+                ]
+            )
+    n = len(seeds.split(","))
+    command = f"python train.py -m {' '.join(args)}"
+    head = f"`{command}`: mean over {n} seeds (min–max), after {epochs} epochs. {machine()}.\n\n"
+    return head + table(["λ", "reg.impl", "‖w‖", "train loss", "test loss"], rows)
+
+
+def fidelity_dropout(opts: argparse.Namespace) -> str:
+    """The dropout chapter's MLP, from-scratch and nn.Dropout, seed 0."""
+    epochs = 1 if opts.fast else 10
+    args = ["+experiment=dropout", "reg=dropout_scratch,dropout_builtin", f"trainer.epochs={epochs}", f"data.root={opts.data_root}"]
+    jobs = sweep(args, opts.workdir)
+    rows = [[j["overrides"]["reg"], f"{j['test_acc']:.4f}", f"{j['train_loss']:.3f}", f"{j['wall_s']:.0f} s"] for j in jobs]
+    head = f"`python train.py -m +experiment=dropout reg=dropout_scratch,dropout_builtin`, seed 0, {epochs} epochs. {machine()}.\n\n"
+    return head + table(["reg", "test accuracy", "train loss", "wall"], rows)
+
+
+def dropout_recipe(opts: argparse.Namespace) -> str:
+    """The chapter's preset against the rules-of-thumb preset."""
+    epochs, seeds = (1, "0") if opts.fast else (10, opts.seeds)
+    args = ["+experiment=dropout,dropout_recipe", f"seed={seeds}", f"trainer.epochs={epochs}", f"data.root={opts.data_root}"]
+    jobs = sweep(args, opts.workdir)
+    rows = []
+    for preset in ("dropout", "dropout_recipe"):
+        js = [j for j in jobs if j["overrides"]["+experiment"] == preset]
+        rows.append([preset, mean_range([j["test_acc"] for j in js], ".4f"), mean_range([j["test_loss"] for j in js], ".4f")])
+    head = f"`python train.py -m +experiment=dropout,dropout_recipe seed={seeds}`, {epochs} epochs. {machine()}.\n\n"
+    return head + table(["preset", "test accuracy", "test loss"], rows)
+
+
+# (phase, pattern of the profiled function: file suffix and name); cumulative times, so phases overlap
+PHASES = [
+    ("all imports", ("<frozen importlib._bootstrap>", "_find_and_load")),
+    ("config compositions (Hydra's load_configuration)", ("config_loader_impl.py", "load_configuration")),
+    ("training: engine.fit, both jobs", ("engine.py", "fit")),
+    ("of which checkpoint writes", ("checkpoint.py", "save_checkpoint")),
+    ("sweep summary: tables and plots", ("summary.py", "summarize_sweep")),
+]
+
+
+def profile(train_py: Path, args: list[str], workdir: Path) -> tuple[float, dict[str, tuple[int, float]], bool]:
+    """cProfile of ``python TRAIN_PY -m ARGS``: the profiled total, each phase's (calls, cumulative seconds), and
+    whether torchvision was imported."""
+    import pstats
+
+    out = Path(tempfile.mkdtemp(dir=workdir))
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(out / "prof"), str(train_py), "-m", *args, f"hydra.sweep.dir={out / 'sweep'}"]
+    subprocess.run(cmd, cwd=train_py.parent, check=True, capture_output=True)
+    stats = pstats.Stats(str(out / "prof")).stats  # (file, line, name) → (primitive calls, calls, tottime, cumtime, callers)
+    phases = {}
+    for phase, (file, name) in PHASES:
+        hits = [(v[0], v[3]) for (f, _, n), v in stats.items() if f.endswith(file) and n == name]
+        phases[phase] = (sum(c for c, _ in hits), sum(t for _, t in hits))
+    torchvision = any("torchvision" in f for f, _, _ in stats)
+    return pstats.Stats(str(out / "prof")).total_tt, phases, torchvision
+
+
+def startup_profile(opts: argparse.Namespace) -> str:
+    """Where `python train.py -m reg.lambd=0,3` spends its time, from cProfile."""
+    args = ["reg.lambd=0,3", *(["trainer.epochs=3"] if opts.fast else [])]
+    total, phases, torchvision = profile(ROOT / "train.py", args, opts.workdir)
+    rows = [[phase, str(calls), f"{seconds:.2f} s", f"{seconds / total:.0%}"] for phase, (calls, seconds) in phases.items()]
+    head = (
+        f"`python -m cProfile train.py -m {' '.join(args)}`: {total:.2f} s profiled; torchvision imported: "
+        f"{'yes' if torchvision else 'no'}. {machine()}.\n\n"
+    )
+    return head + table(["phase", "calls", "cumulative", "share"], rows)
+
+
+def speed(opts: argparse.Namespace) -> str:
+    """scripts/bench.py's rows: a given bench JSON, else a fresh full run (--fast: row (s) alone)."""
+    path = opts.bench_json
+    if path is None:
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *(["--startup"] if opts.fast else [])]
+        out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        path = Path(re.search(r"wrote (\S+)", out).group(1))
+    report = json.loads(Path(path).read_text())
+    r = report["results"]
+    rows = []
+    if "a_epoch" in r:
+        a = r["a_epoch"]
+        measured = f"{a['harness_s']:.3g} s / {a['chapter_s']:.3g} s = {a['ratio']:.2f}"
+        rows.append(["(a) MLP epoch, harness / chapter pipeline", measured, a["target"]])
+    if "b_lambda_sweep" in r:
+        b = r["b_lambda_sweep"]
+        label = f"(b) λ sweep, {b['jobs']} values, basic / vectorized"
+        rows.append([label, f"{b['basic_s']:.3g} s / {b['vectorized_s']:.3g} s = {b['speedup']:.1f}×", b["target"]])
+    if "c_dropout_sweep" in r:
+        c = r["c_dropout_sweep"]
+        label = f"(c) dropout sweep, {c['jobs']} jobs × {c['epochs']} epochs, basic / vectorized"
+        rows.append([label, f"{c['basic_s']:.3g} s / {c['vectorized_s']:.3g} s = {c['speedup']:.2f}×", c["target"]])
+    if "d_matmul_share" in r:
+        d = r["d_matmul_share"]
+        measured = f"{d['epoch_gflops']:.0f} / {d['sgemm_gflops']:.0f} GFLOP/s = {d['share']:.0%}"
+        rows.append(["(d) epoch FLOP rate / sgemm", measured, d["target"]])
+    s = r["s_startup"]
+    label = "(s) `train.py -m reg.lambd=0,3` / `import torch`, whole processes"
+    rows.append([label, f"{s['make_run_s']:.2f} s / {s['import_torch_s']:.2f} s = {s['ratio']:.2f}×", s["target"]])
+    load = report["load_average_before_after"]
+    head = (
+        f"{report['machine']}, {report['device']}, torch {report['torch']}, {report['threads']} threads, "
+        f"{report.get('date', 'date not recorded')}; load average {load[0][0]:.2f} before, {load[1][0]:.2f} after.\n\n"
+    )
+    return head + table(["row", "measured", "target"], rows)
+
+
+# name: (file, generator)
+SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
+    "make-run": ("README.md", make_run),
+    "fidelity-weight-decay": ("README.md", fidelity_weight_decay),
+    "fidelity-dropout": ("README.md", fidelity_dropout),
+    "dropout-recipe": ("docs/dropout-guidance.md", dropout_recipe),
+    "speed": ("docs/speed.md", speed),
+    "startup-profile": ("docs/speed.md", startup_profile),
+}
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace what is between the markers called name in path with body."""
+    text = path.read_text()
+    found = [m for m in MARKER.finditer(text) if m["name"] == name]
+    if len(found) != 1:
+        raise SystemExit(f"{path}: expected one <!-- numbers:{name} --> … <!-- /numbers --> block, found {len(found)}")
+    m = found[0]
+    path.write_text(text[: m.start("body")] + body.rstrip("\n") + "\n" + text[m.end("body") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="regenerate these tables only")
+    parser.add_argument("--fast", action="store_true", help="tiny runs: checks the plumbing, not numbers for the docs")
+    parser.add_argument("--root", type=Path, default=ROOT, help="where README.md and docs/ are (default: this checkout)")
+    parser.add_argument("--data-root", type=Path, default=ROOT / "data", help="Fashion-MNIST's data.root")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the dropout-recipe table")
+    parser.add_argument("--bench-json", type=Path, help="a scripts/bench.py report to draw the speed table from")
+    opts = parser.parse_args()
+    opts.data_root = opts.data_root.resolve()
+    with tempfile.TemporaryDirectory() as workdir:
+        opts.workdir = Path(workdir)
+        for name in opts.only or SECTIONS:
+            file, generate = SECTIONS[name]
+            write_section(opts.root / file, name, generate(opts))
+            print(f"{file}: {name}")
+
+
+if __name__ == "__main__":
+    main()
