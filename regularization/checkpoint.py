@@ -40,6 +40,10 @@ RESUMABLE_KEYS = (
 )
 
 
+# Experiment keys added to the schema after checkpoints were first written, with the value every run had before.
+ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False}
+
+
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     """The config that defines the experiment: a checkpoint only resumes the same one."""
     return config_without(cfg, RESUMABLE_KEYS)
@@ -164,6 +168,8 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"Invalid checkpoint: {path} is not a checkpoint of this harness. {remedy}")
     theirs, ours = json.loads(state["config"]), experiment_config(cfg)
+    for (group, key), before in ADDED_KEYS.items():  # a checkpoint older than the key: its run had the old value
+        theirs.get(group, {}).setdefault(key, before)
     if theirs != ours:
         differ = sorted(_diff(theirs, ours))
         raise ConfigError(f"Invalid checkpoint: {path} was written by another experiment (it differs in {', '.join(differ)}). {remedy}")

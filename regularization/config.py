@@ -141,6 +141,10 @@ class TrainerConfig:
     progress: bool = True  # tqdm bars on stderr, shown only when stderr is a terminal
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always checkpointed)
     checkpoint_min_interval_s: float = 1.0  # and at least this many seconds since the last one
+    # 32, bf16-mixed or 16-mixed (CUDA only), as Lightning names them (regularization.step). A str, not an Enum:
+    # an Enum's member names cannot be "32" or "bf16-mixed", and OmegaConf matches names.
+    precision: str = "32"
+    compile: bool = False  # true: the training step runs through torch.compile
 
 
 @dataclass

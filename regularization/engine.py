@@ -45,6 +45,7 @@ from regularization.parallel import job_device, set_job_threads
 from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 from regularization.results import run_result
+from regularization.step import Step, check_compile, check_precision
 
 EVAL_BATCH = 8192
 
@@ -82,6 +83,12 @@ def make_penalty(cfg: DictConfig, model: nn.Module) -> WeightPenalty:
     return WeightPenalty(reg.penalty.value, reg.lambd, impl_of(reg), penalized_params(model, reg.penalize_bias))
 
 
+def make_step(cfg: DictConfig, model: nn.Module, data: Dataset) -> Step:
+    """The training step at cfg.trainer.precision, compiled if cfg.trainer.compile: data loss of a batch, fp32."""
+    loss = loss_fn(data)
+    return Step(lambda X, y: loss(model(X).float(), y), cfg.trainer.precision, cfg.trainer.compile, data.X_train.device)
+
+
 def train_epoch(
     model: nn.Module,
     data: Dataset,
@@ -91,6 +98,7 @@ def train_epoch(
     generator: torch.Generator,
     max_norm: float | None = None,
     wrap: Callable[[Iterable, int], Iterable] = lambda batches, total: batches,
+    step: Step | None = None,
 ) -> torch.Tensor:
     """One shuffled pass over the training set; returns the mean objective on the device,
 
@@ -99,22 +107,23 @@ def train_epoch(
     each batch's term taken at the weights w before its step (the weights its loss was computed with).
 
     With ``max_norm`` = c, every step ends by projecting each unit's incoming weights onto ‖w_j‖₂ ≤ c.
-    ``wrap(batches, count)`` may wrap the batches, in a progress bar say.
+    ``wrap(batches, count)`` may wrap the batches, in a progress bar say. ``step`` sets the precision and
+    compilation (default: fp32, eager).
     """
     model.train()
-    loss = loss_fn(data)
+    step = step or Step(lambda X, y: loss_fn(data)(model(X), y), "32", False, data.X_train.device)
     lr = optimizer.param_groups[0]["lr"]
     total = torch.zeros((), device=data.X_train.device)
     n = len(data.X_train)
     for idx in wrap(minibatches(n, batch_size, generator), math.ceil(n / batch_size)):
         # index_select copies whole rows: on CPU twice as fast as X[idx]'s general gather.
-        data_loss = loss(model(data.X_train.index_select(0, idx)), data.y_train.index_select(0, idx))
+        data_loss = step.loss(data.X_train.index_select(0, idx), data.y_train.index_select(0, idx))
         # λ·Ω(w) at the weights data_loss was computed with, before the step moves them: the objective's penalty
         with torch.set_grad_enabled(penalty.in_loss):
             term = penalty.value()
         optimizer.zero_grad(set_to_none=True)
-        (data_loss + term if penalty.in_loss else data_loss).backward()
-        optimizer.step()
+        step.backward(data_loss + term if penalty.in_loss else data_loss)
+        step.update(optimizer)
         penalty.after_step(lr)
         if max_norm is not None:
             max_norm_linear_(model, max_norm)
@@ -130,7 +139,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, classification:
     loss_sum = torch.zeros((), device=X.device)
     correct = torch.zeros((), device=X.device)
     for start in range(0, len(X), EVAL_BATCH):
-        y_hat, target = model(X[start : start + EVAL_BATCH]), y[start : start + EVAL_BATCH]
+        y_hat, target = model(X[start : start + EVAL_BATCH]).float(), y[start : start + EVAL_BATCH]  # fp32 under autocast too
         if classification:
             loss_sum += F.cross_entropy(y_hat, target, reduction="sum")
             correct += (y_hat.argmax(dim=1) == target).sum()
@@ -159,7 +168,13 @@ def evaluate_all(
 
 
 def training_state(
-    epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, history: list[dict], wall_s: float
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    history: list[dict],
+    wall_s: float,
+    step: Step,
 ) -> dict:
     """What a checkpoint holds besides the RNG states and the config (checkpoint.save_checkpoint adds those)."""
     return {
@@ -169,6 +184,8 @@ def training_state(
         "generator": generator_state(generator),
         "history": history,
         "wall_s": wall_s,
+        "step": step.state_dict(),
+        "compile_s": step.compile_s,
     }
 
 
@@ -192,11 +209,14 @@ def fit(
     optimizer = make_optimizer(cfg, model, penalty)
     device = data.X_train.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    step = make_step(cfg, model, data)
     epochs, every = cfg.trainer.epochs, cfg.trainer.eval_every
     done, history, wall_s = 0, [], 0.0
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
+        step.load_state_dict(resume_from.get("step", {}))  # .get: checkpoints from before trainer.precision
+        step.compile_s = resume_from.get("compile_s", 0.0)  # the runs before this one compiled too
         exact = restore_generator(generator, resume_from["generator"])
         set_rng_states(resume_from["rng"], device)
         done, history, wall_s = resume_from["epoch"], resume_from["history"], resume_from["wall_s"]
@@ -208,15 +228,19 @@ def fit(
                 device.type,
             )
     result: dict = {"status": "completed", "epochs": epochs}
-    start = time.perf_counter()
+    start, first = time.perf_counter(), done + 1
     cadence = CheckpointCadence.of(cfg.trainer)
     with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
         try:
             for epoch in range(done + 1, epochs + 1):
-                objective = train_epoch(model, data, optimizer, penalty, cfg.data.batch_size, generator, cfg.reg.max_norm, progress.batches)
+                batch_size, max_norm = cfg.data.batch_size, cfg.reg.max_norm
+                objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
                 finite, metrics = math.isfinite(objective.item()), None
+                if cfg.trainer.compile and epoch == first:
+                    log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
                 if finite and (epoch % every == 0 or epoch == epochs):
-                    metrics = evaluate_all(model, data, penalty, objective, cfg.sparsity_threshold)
+                    with step.autocast():
+                        metrics = evaluate_all(model, data, penalty, objective, cfg.sparsity_threshold)
                     logger.log_eval(epoch, metrics)
                     history.append({"epoch": epoch, **metrics})
                     finite = math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
@@ -227,7 +251,7 @@ def fit(
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
                 if checkpoint is not None and cadence.due(epoch):
                     elapsed = wall_s + time.perf_counter() - start
-                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed), cfg, device)
+                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed, step), cfg, device)
                     cadence.saved()
                 done = epoch
                 progress.epoch_done(metrics)
@@ -238,6 +262,8 @@ def fit(
             result |= {"status": "interrupted", "epochs": done}
     result |= run_result(history)
     result["wall_s"] = wall_s + time.perf_counter() - start
+    if cfg.trainer.compile:
+        result["compile_s"] = step.compile_s  # within wall_s
     result["history"] = history
     return result
 
@@ -247,6 +273,9 @@ def preflight(cfg: DictConfig) -> torch.device:
     validate(cfg)
     device = resolve_device(job_device(cfg.device))
     check_deterministic_workspace(cfg.trainer.deterministic, device)
+    check_precision(cfg.trainer.precision, device)
+    if cfg.trainer.compile:
+        check_compile(device)
     check_data(cfg)
     return device
 

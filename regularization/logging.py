@@ -64,6 +64,8 @@ HPARAM_KEYS = (
     "data.batch_size",
     "seed",
     "trainer.epochs",
+    "trainer.precision",  # both change the numbers a run gives
+    "trainer.compile",
 )
 HParam = bool | int | float | str
 # metrics.json status -> the HParams session's status (a diverged run is a failed session). An interrupted

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from regularization.config import DropoutStyle, config_without, impl_of
+from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
 from regularization.data import load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
 from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
@@ -41,6 +41,7 @@ from regularization.logging import RunLogger, job_log, log, run_hparams, saved_h
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
+from regularization.step import Step
 
 # The keys in which the members of one stacked group may differ.
 STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
@@ -291,25 +292,45 @@ def member_losses(y_hat: torch.Tensor, y: torch.Tensor, classification: bool) ->
     return (y_hat - y).pow(2).flatten(1).mean(1) / 2
 
 
+def check_vectorizable(cfg: DictConfig) -> None:
+    """ConfigError for a job the vectorized launcher cannot train as a member of a group."""
+    if cfg.trainer.precision == "16-mixed":  # GradScaler skips a step for all members when one member's gradient overflows
+        raise ConfigError(
+            "Invalid config: trainer.precision: 16-mixed needs hydra/launcher=basic: one loss scale would tie the members "
+            "of a vectorized group together; use bf16-mixed with the vectorized launcher"
+        )
+
+
+def make_step(cfg: DictConfig, net: StackedNet, data: StackedData) -> Step:
+    """The stacked training step at cfg.trainer.precision (the stacked GEMMs under autocast), compiled if asked."""
+    return Step(
+        lambda X, y: member_losses(net(X, train=True).float(), y, data.classification),
+        cfg.trainer.precision,
+        cfg.trainer.compile,
+        data.X_train.device,
+    )
+
+
 def train_epoch(
     net: StackedNet,
     data: StackedData,
     optimizer: StackedOptimizer,
     penalty: StackedPenalty,
     batches: Iterable[torch.Tensor],
-    max_norm: float | None = None,
+    max_norm: float | None,
+    step: Step,
 ) -> torch.Tensor:
     """One shuffled pass for every member; returns each member's mean objective (loss + λ·Ω, the penalty taken
     before each step as engine.train_epoch takes it), [K], on the device."""
     n = data.X_train.shape[-2]
     total = torch.zeros_like(optimizer.lr)
     for idx in batches:
-        data_loss = member_losses(net(data.take(data.X_train, idx), train=True), data.take(data.y_train, idx), data.classification)
+        data_loss = step.loss(data.take(data.X_train, idx), data.take(data.y_train, idx))
         with torch.set_grad_enabled(penalty.in_loss):  # [K] λ_k·Ω(w_k) before the step, as engine.train_epoch takes it
             term = penalty.value()
         optimizer.zero_grad()
-        (data_loss + term if penalty.in_loss else data_loss).sum().backward()
-        optimizer.step()
+        step.backward((data_loss + term if penalty.in_loss else data_loss).sum())
+        step.update(optimizer)
         penalty.after_step(optimizer.lr)
         if max_norm is not None:
             net.max_norm_(max_norm)
@@ -327,7 +348,7 @@ def evaluate(net: StackedNet, data: StackedData, X: torch.Tensor, y: torch.Tenso
     correct = torch.zeros(K, device=X.device)
     for start in range(0, n, chunk):
         Xc, yc = data.rows(X, start, start + chunk), data.rows(y, start, start + chunk)
-        y_hat = net(Xc, train=False)
+        y_hat = net(Xc, train=False).float()  # fp32 under autocast too
         loss_sum += member_losses(y_hat, yc, data.classification) * y_hat.shape[1]
         if data.classification:
             correct += (y_hat.argmax(-1) == yc).sum(-1)
@@ -413,6 +434,7 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     penalized = net.weights + (net.biases if first.reg.penalize_bias else [])
     penalty = StackedPenalty(first.reg.penalty.value, impl_of(first.reg), per_member([c.reg.lambd for c in cfgs], device), penalized)
     optimizer = StackedOptimizer(first.optim, params, per_member([c.optim.lr for c in cfgs], device), penalty.weight_decay())
+    step = make_step(first, net, data)
     seeds = sorted({c.seed for c in cfgs})
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     which = torch.tensor([seeds.index(c.seed) for c in cfgs], device=device)
@@ -424,11 +446,15 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
         if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
             raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
-        objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm)
+        objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm, step)
+        if first.trainer.compile and epoch == 1:
+            log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
         if epoch % every == 0 or epoch == epochs:
             alive = (active & ~diverged).tolist()
-            for k, metrics in enumerate(evaluate_all(net, data, penalty, objective, first.sparsity_threshold)):
+            with step.autocast():
+                evaluated = evaluate_all(net, data, penalty, objective, first.sparsity_threshold)
+            for k, metrics in enumerate(evaluated):
                 if alive[k]:
                     loggers[k].log_eval(epoch, metrics)
                     histories[k].append({"epoch": epoch, **metrics})
@@ -445,6 +471,8 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
                 break
     for result, history in zip(results, histories, strict=True):
         result |= run_result(history) | {"history": history}
+        if first.trainer.compile:
+            result["compile_s"] = step.compile_s  # the group's, within its wall_s
     return results
 
 

@@ -88,6 +88,7 @@ class VectorizedLauncher(Launcher):
     def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
         from regularization.engine import completed_result, final_metric, preflight
+        from regularization.vectorized import check_vectorizable
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -100,6 +101,7 @@ class VectorizedLauncher(Launcher):
         for job in jobs:  # every job checked before any trains
             try:
                 preflight(job.task_cfg)
+                check_vectorizable(job.task_cfg)
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(job.overrides)}") from None
         returns: dict[int, JobReturn] = {}

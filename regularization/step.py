@@ -1,0 +1,132 @@
+"""The training step's arithmetic and compilation: ``trainer.precision`` and ``trainer.compile``.
+
+- ``32``: everything in fp32; the step is the plain eager one.
+- ``bf16-mixed``: forward passes (training and evaluation) run under ``torch.autocast(dtype=bfloat16)``, so the
+  matmuls (linear, baddbmm) take bf16 inputs and accumulate in fp32. The master weights, their gradients, the
+  optimizer state, the losses and the metrics stay fp32: the logits are cast back to fp32 before the loss.
+- ``16-mixed``: the same with float16, CUDA only, and dynamic loss scaling (torch.amp.GradScaler): the objective
+  is multiplied by S before backward, the gradients divided by S before the step, a step whose gradients hold
+  an inf or NaN is skipped and S halved, and S doubles after 2000 finite steps. S goes into the checkpoint.
+
+``compile``: the step's forward pass and loss (and, through AOTAutograd, its backward) run as one graph
+compiled by torch.compile; on CUDA in mode ``reduce-overhead``, which replays the step as a CUDA graph (the
+batch shapes are static: one graph for the full batches, one for an epoch's last, shorter batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from regularization.config import ConfigError
+
+PRECISIONS = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# The C compilers Triton (torch.compile's CUDA backend) builds its kernel launchers with, in its order of search.
+TRITON_CC = ("clang", "gcc", "cc")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ConfigError, naming trainer.precision, for a precision this device cannot train in."""
+    allowed = ", ".join(PRECISIONS)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"Invalid config: trainer.precision: got {precision!r}, allowed: {allowed}")
+    if precision == "16-mixed" and device.type != "cuda":
+        raise ConfigError(f"Invalid config: trainer.precision: 16-mixed needs a CUDA device, not {device}; on CPU use bf16-mixed or 32")
+    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(f"Invalid config: trainer.precision: {name} has no bf16 support; use 16-mixed or 32")
+
+
+def check_compile(device: torch.device) -> None:
+    """ConfigError, naming trainer.compile, when torch.compile cannot run here: an unsupported Python or platform,
+    or no compiler for its backend (a C++ compiler for CPU code, Triton and a C compiler for CUDA code)."""
+    remedy = "or set trainer.compile=false"
+    try:
+        torch._dynamo.eval_frame.check_if_dynamo_supported()
+    except RuntimeError as err:
+        raise ConfigError(f"Invalid config: trainer.compile: torch.compile does not run here ({err}); {remedy}") from None
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder, exc
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            message = "no C++ compiler found (torch.compile builds CPU kernels with g++; install it or set CXX)"
+            raise ConfigError(f"Invalid config: trainer.compile: {message}, {remedy}") from None
+    else:
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ConfigError(f"Invalid config: trainer.compile: Triton is not installed or does not support {device}; {remedy}")
+        if not any(shutil.which(cc) for cc in TRITON_CC):
+            raise ConfigError(f"Invalid config: trainer.compile: no C compiler found (Triton needs gcc or clang), {remedy}")
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Step:
+    """One training step's pieces: ``loss(X, y)`` (the forward pass under autocast, compiled if asked),
+    ``backward(objective)`` and ``update(optimizer)`` (loss-scaled under 16-mixed).
+
+    ``forward_loss(X, y)`` must return the data loss in fp32 (cast the logits with ``.float()``, a no-op in fp32).
+    ``compile_s`` sums the wall time of the steps that compiled (the first step of every new batch shape,
+    forward and backward, compute included: one step, milliseconds, against seconds of compiling).
+    """
+
+    def __init__(self, forward_loss: Loss, precision: str, compile: bool, device: torch.device) -> None:
+        self.device, self.dtype = device, PRECISIONS[precision]
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+        self.compiled = compile
+        self.fn: Loss = forward_loss
+        if compile:
+            self.fn = torch.compile(forward_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+        self.compile_s = 0.0
+        self.seen: set[tuple[int, ...]] = set()
+        self.compiling_since: float | None = None
+
+    def autocast(self) -> AbstractContextManager:
+        """The precision's autocast region (nothing in fp32), for the forward passes of training and evaluation."""
+        if self.dtype is torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            if X.shape not in self.seen:  # this call and its backward compile a graph for the new shape
+                self.seen.add(X.shape)
+                self.compiling_since = time.perf_counter()
+            if self.device.type == "cuda":  # a new step: the CUDA graphs may reuse the last step's buffers
+                torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            return self.fn(X, y)
+
+    def backward(self, objective: torch.Tensor) -> None:
+        (self.scaler.scale(objective) if self.scaler is not None else objective).backward()
+        if self.compiling_since is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_s += time.perf_counter() - self.compiling_since
+            self.compiling_since = None
+
+    def update(self, optimizer: Any) -> None:
+        """optimizer.step(); under 16-mixed the scaler's: gradients unscaled, the step skipped if any is not finite."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the step: the loss scale and its growth tracker under 16-mixed."""
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state)
