@@ -62,9 +62,11 @@ def dropout_tiny(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["weight_decay_adam", "dropout_mlp"])
+@pytest.mark.parametrize("case", ["weight_decay_adam", "dropout_mlp", "dropout_mlp_bf16"])
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, tiny_fashion_root, case):
+    """At every precision a CPU can train in (trainer.precision=16-mixed is CUDA only)."""
     args = WEIGHT_DECAY_ADAM if case == "weight_decay_adam" else dropout_tiny(tiny_fashion_root)
+    args += ["trainer.precision=bf16-mixed", "trainer.epochs=60"] if case.endswith("bf16") else []  # shorter: the suite's time
     run_train([*args, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
     killed = tmp_path / "killed"
     proc = Run([*args, f"hydra.run.dir={killed}"], tmp_path)

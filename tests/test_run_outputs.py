@@ -60,6 +60,8 @@ def test_hparams_go_into_the_runs_own_event_files(make_cfg):
         "data.batch_size": 5,
         "seed": 2,
         "trainer.epochs": 3,
+        "trainer.precision": "32",
+        "trainer.compile": False,
     }
     assert status == Status.Value("STATUS_SUCCESS")
     # The session's metrics are the run's scalars; their last values are the final metrics.
