@@ -211,6 +211,7 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     step = make_step(cfg, model, data)
     epochs, every = cfg.trainer.epochs, cfg.trainer.eval_every
+    batch_size, max_norm = cfg.data.batch_size, cfg.reg.max_norm
     done, history, wall_s = 0, [], 0.0
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -233,7 +234,6 @@ def fit(
     with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
         try:
             for epoch in range(done + 1, epochs + 1):
-                batch_size, max_norm = cfg.data.batch_size, cfg.reg.max_norm
                 objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
                 finite, metrics = math.isfinite(objective.item()), None
                 if cfg.trainer.compile and epoch == first:
