@@ -22,6 +22,11 @@ from regularization.logging import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "regularization-checkpoint/1"
+# A vectorized group's checkpoint, in the dir of its first member (the group's members listed inside).
+GROUP_CHECKPOINT = "group_checkpoint.pt"
+GROUP_FORMAT = "regularization-group-checkpoint/1"
+REMEDY = "Delete it or choose another run dir, or pass resume=false to start over."
+GROUP_REMEDY = "Rerun the sweep as it was (the same values and hydra.launcher.max_members), delete it, or pass resume=false to start over."
 # Keys a run may change between stopping and resuming: where it runs, where the data live, how long it trains,
 # and how often it checkpoints.
 RESUMABLE_KEYS = (
@@ -160,19 +165,25 @@ def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:
 
     Raises ConfigError for a file that cannot be read, or that another experiment wrote.
     """
-    remedy = "Delete it or choose another run dir, or pass resume=false to start over."
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise ConfigError(f"Invalid checkpoint: {path} cannot be read as a checkpoint ({type(err).__name__}). {remedy}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"Invalid checkpoint: {path} is not a checkpoint of this harness. {remedy}")
+    state = read_checkpoint(path, FORMAT)
     theirs, ours = json.loads(state["config"]), experiment_config(cfg)
     for (group, key), before in ADDED_KEYS.items():  # a checkpoint older than the key: its run had the old value
         theirs.get(group, {}).setdefault(key, before)
     if theirs != ours:
         differ = sorted(_diff(theirs, ours))
-        raise ConfigError(f"Invalid checkpoint: {path} was written by another experiment (it differs in {', '.join(differ)}). {remedy}")
+        raise ConfigError(f"Invalid checkpoint: {path} was written by another experiment (it differs in {', '.join(differ)}). {REMEDY}")
+    return state
+
+
+def read_checkpoint(path: Path, fmt: str, mmap: bool = False) -> dict[str, Any]:
+    """The file at path as a checkpoint of format ``fmt`` (weights_only: a tampered file cannot run code), else ConfigError.
+    ``mmap``: tensors are read from the file when used (cheap for a look at the metadata)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ConfigError(f"Invalid checkpoint: {path} cannot be read as a checkpoint ({type(err).__name__}). {REMEDY}") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ConfigError(f"Invalid checkpoint: {path} is not a checkpoint of this harness. {REMEDY}")
     return state
 
 
@@ -185,3 +196,29 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in a.keys() | b.keys() for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [prefix.rstrip(".")] if a != b else []
+
+
+def save_group_checkpoint(path: Path, state: dict[str, Any], cfgs: list[DictConfig], device: torch.device) -> None:
+    """``save_checkpoint`` for a vectorized group: the members' experiment configs, in member order, identify it."""
+    members = json.dumps([experiment_config(cfg) for cfg in cfgs], sort_keys=True)
+    state = {"format": GROUP_FORMAT, "members": members, "rng": rng_states(device), **state}
+    with sigint_deferred(), atomic_file(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_group_checkpoint(path: Path, cfgs: list[DictConfig], mmap: bool = False) -> dict[str, Any]:
+    """The group checkpoint at path, if it was written for exactly these members (in this order), else ConfigError."""
+    state = read_checkpoint(path, GROUP_FORMAT, mmap)
+    theirs, ours = json.loads(state["members"]), [experiment_config(cfg) for cfg in cfgs]
+    if theirs != ours:
+        raise ConfigError(
+            f"Invalid checkpoint: {path} was written for another vectorized group ({_group_diff(theirs, ours)}). {GROUP_REMEDY}"
+        )
+    return state
+
+
+def _group_diff(theirs: list[dict], ours: list[dict]) -> str:
+    if len(theirs) != len(ours):
+        return f"of {len(theirs)} jobs; this group has {len(ours)}"
+    k = next(k for k, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b)
+    return f"its member {k} differs in {', '.join(sorted(_diff(theirs[k], ours[k])))}"

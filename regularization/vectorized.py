@@ -13,6 +13,11 @@ The members share nothing but the tensors they live in: the loss summed over mem
 Dropout draws from a generator of the group's own (one mask per member), so dropout members agree
 with single runs in distribution, not bit for bit. A member whose objective stops being finite is marked
 diverged, its weights are zeroed and its learning rate set to 0, and the others train on.
+
+A group checkpoints as a single run does (``CheckpointCadence``): the stacked weights, the optimizer's state,
+each seed's batch generator, the dropout masks' generator, the global RNG states, the histories, statuses and
+active members, in ``group_checkpoint.pt`` in its first member's dir. A rerun of the sweep into the same dir
+resumes it bit for bit, dropout members included.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +38,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
+from regularization.checkpoint import (
+    GROUP_CHECKPOINT,
+    CheckpointCadence,
+    checkpoint_epoch,
+    generator_state,
+    load_group_checkpoint,
+    restore_generator,
+    save_group_checkpoint,
+    set_rng_states,
+)
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
 from regularization.data import load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
@@ -418,17 +433,84 @@ def step_flops(net: StackedNet, batch_size: int) -> int:
     return 2 * batch_size * sum(W.numel() for W in net.weights)
 
 
-def fit_group(cfgs: list[DictConfig], loggers: list[RunLogger], device: torch.device) -> list[dict]:
-    """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s)."""
+def fit_group(
+    cfgs: list[DictConfig],
+    loggers: list[RunLogger],
+    device: torch.device,
+    checkpoint: Path | None = None,
+    resume_from: dict | None = None,
+    elapsed: Callable[[], float] = lambda: 0.0,
+) -> list[dict]:
+    """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
+
+    Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
+    ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
+    """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
     with cpu_threads(1 if small else None):
-        return fit_members(cfgs, loggers, data, net)
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed)
 
 
-def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedData, net: StackedNet) -> list[dict]:
+@dataclass
+class GroupState:
+    """Everything of a group's training that changes from epoch to epoch, besides the weights and the RNGs."""
+
+    optimizer: StackedOptimizer
+    generators: list[torch.Generator]
+    results: list[dict]
+    histories: list[list[dict]]
+    active: torch.Tensor
+
+    def saved(self, epoch: int, net: StackedNet, wall_s: float) -> dict:
+        """What a group checkpoint holds besides the global RNG states and the members (save_group_checkpoint adds those)."""
+        opt = self.optimizer
+        return {
+            "epoch": epoch,
+            "params": [p.detach() for p in net.parameters()],
+            "optimizer": {"t": opt.t, "lr": opt.lr, "m": opt.m, "v": opt.v},  # lr: 0 for members that diverged
+            "generators": [generator_state(g) for g in self.generators],
+            "masks": generator_state(net.generator) if net.generator is not None else None,
+            "results": self.results,
+            "histories": self.histories,
+            "active": self.active,
+            "wall_s": wall_s,
+        }
+
+    @torch.no_grad()
+    def restore(self, saved: dict, net: StackedNet) -> int:
+        """The state of ``saved`` (a loaded group checkpoint) in place; returns its epoch. Saved on another device
+        type, the generators cannot continue their streams exactly: training goes on, not bit for bit (logged)."""
+        opt, device = self.optimizer, net.weights[0].device
+        for t, value in zip(
+            net.parameters() + opt.m + opt.v, saved["params"] + saved["optimizer"]["m"] + saved["optimizer"]["v"], strict=True
+        ):
+            t.copy_(value)
+        opt.t = saved["optimizer"]["t"]
+        opt.lr.copy_(saved["optimizer"]["lr"])
+        opt.neg_lr.copy_(-opt.lr)
+        exact = all([restore_generator(g, state) for g, state in zip(self.generators, saved["generators"], strict=True)])
+        if net.generator is not None and saved["masks"] is not None:
+            exact &= restore_generator(net.generator, saved["masks"])
+        if not exact:
+            log.warning("the group checkpoint was written on another device type than %s: training continues, not bit for bit", device.type)
+        self.results[:], self.histories[:] = saved["results"], saved["histories"]
+        self.active.copy_(saved["active"])
+        set_rng_states(saved["rng"], device)
+        return saved["epoch"]
+
+
+def fit_members(
+    cfgs: list[DictConfig],
+    loggers: list[RunLogger],
+    data: StackedData,
+    net: StackedNet,
+    checkpoint: Path | None = None,
+    resume_from: dict | None = None,
+    elapsed: Callable[[], float] = lambda: 0.0,
+) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
     penalized = net.weights + (net.biases if first.reg.penalize_bias else [])
@@ -439,10 +521,25 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     which = torch.tensor([seeds.index(c.seed) for c in cfgs], device=device)
     epochs, every, n = first.trainer.epochs, first.trainer.eval_every, data.X_train.shape[-2]
-    results = [{"status": "completed", "epochs": epochs} for _ in cfgs]
-    histories: list[list[dict]] = [[] for _ in cfgs]
-    active = torch.ones(K, dtype=torch.bool, device=device)
-    for epoch in range(1, epochs + 1):
+    state = GroupState(
+        optimizer,
+        generators,
+        results=[{"status": "completed", "epochs": epochs} for _ in cfgs],
+        histories=[[] for _ in cfgs],
+        active=torch.ones(K, dtype=torch.bool, device=device),
+    )
+    results, histories, active = state.results, state.histories, state.active
+    done = 0
+    if resume_from is not None:
+        done = state.restore(resume_from, net)
+        log.info("resuming the group of %d jobs from %s after epoch %d", K, checkpoint, done)
+        for result in results:
+            if result["status"] == "completed":
+                result["epochs"] = epochs  # a group resumed to more epochs than it was started with
+    cadence = CheckpointCadence.of(first.trainer)
+    for epoch in range(done + 1, epochs + 1):
+        if not bool(active.any()):
+            break
         if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
             raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
@@ -467,13 +564,40 @@ def fit_members(cfgs: list[DictConfig], loggers: list[RunLogger], data: StackedD
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-            if not bool(active.any()):
-                break
+        if checkpoint is not None and cadence.due(epoch):
+            for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
+                logger.flush()
+            save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
+            cadence.saved()
     for result, history in zip(results, histories, strict=True):
         result |= run_result(history) | {"history": history}
         if first.trainer.compile:
             result["compile_s"] = step.compile_s  # the group's, within its wall_s
     return results
+
+
+def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = False) -> tuple[Path, dict | None]:
+    """Where the group keeps its checkpoint (the first member's dir) and, with ``resume``, the checkpoint there (or None).
+
+    ConfigError, before anything trains, for a checkpoint written for other members, at an epoch past
+    trainer.epochs, or left in another member's dir by a group that held these jobs differently.
+    """
+    path = out_dirs[0] / GROUP_CHECKPOINT
+    if not cfgs[0].resume:
+        return path, None
+    for d in out_dirs[1:]:
+        if (d / GROUP_CHECKPOINT).exists():
+            raise ConfigError(
+                f"Invalid checkpoint: {d / GROUP_CHECKPOINT} was written for a vectorized group that began with this job; "
+                f"this sweep groups it after {out_dirs[0].name}. Rerun the sweep as it was (the same values and "
+                "hydra.launcher.max_members), delete it, or pass resume=false to start over."
+            )
+    if not path.exists():
+        return path, None
+    saved = load_group_checkpoint(path, cfgs, mmap)
+    if saved["epoch"] > cfgs[0].trainer.epochs:
+        raise ConfigError(f"Invalid config: trainer.epochs: {path} is at epoch {saved['epoch']}, past {cfgs[0].trainer.epochs}")
+    return path, saved
 
 
 def train_group(
@@ -486,27 +610,38 @@ def train_group(
     logging writes); by default they are read from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the
     member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
-    engine.run marks a failed job;
-    at Ctrl-C every member is marked interrupted and the process exits 130 (no per-group checkpoint).
+    engine.run marks a failed job; at Ctrl-C every member is marked interrupted, the group checkpoint
+    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130.
     """
+    checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
     logs = [job_log(hydra) for hydra in hydra_cfgs]
     for k, member_log in enumerate(logs):
         if member_log is not None:
             member_log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
-    loggers = [RunLogger(d, cfg.trainer.epochs, console=False, job_log=jl) for cfg, d, jl in zip(cfgs, out_dirs, logs, strict=True)]
+    # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
+    purge = resume_from["epoch"] + 1 if resume_from else 1
+    loggers = [
+        RunLogger(d, cfg.trainer.epochs, console=False, purge_step=purge, job_log=jl)
+        for cfg, d, jl in zip(cfgs, out_dirs, logs, strict=True)
+    ]
     for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
         logger.log_hparams(run_hparams(cfg, hydra))
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resume_from["wall_s"] if resume_from else 0.0
+
+    def elapsed() -> float:  # the group's wall time, over its runs
+        return before + time.perf_counter() - start
+
     try:
-        results = fit_group(cfgs, loggers, device)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
+        done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
         for d in out_dirs:
-            write_json_atomic(d / "metrics.json", {"status": "interrupted"})
-        log.warning("interrupted: a rerun into the same sweep dir trains this group again from its start")
+            write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
+        log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))
         raise SystemExit(130) from None
     except Exception as err:
@@ -522,7 +657,7 @@ def train_group(
         for logger, status in zip(loggers, statuses, strict=True):
             logger.close(status)
         release_cached_memory(device)
-    wall = time.perf_counter() - start
+    wall = elapsed()
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
         shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)}

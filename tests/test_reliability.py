@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from regularization.checkpoint import CHECKPOINT, checkpoint_epoch
+from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT, checkpoint_epoch
 from regularization.config import ConfigError
 from regularization.engine import preflight, train
 from tests.conftest import ROOT, run_train
@@ -112,18 +112,17 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
     sweep = tmp_path / "sweep"
     args = ["-m", "reg.lambd=0,3", "trainer.epochs=100000", "hydra/launcher=vectorized", f"hydra.sweep.dir={sweep}"]
     proc = Run(args, tmp_path)
-    events = sweep / "reg.lambd=3,trainer.epochs=100000"
-    deadline = time.monotonic() + 120
-    while not list(events.glob("events.out.tfevents.*")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.output()
-        time.sleep(0.05)
+    first = sweep / "reg.lambd=0,trainer.epochs=100000"
+    wait_for(first / GROUP_CHECKPOINT, proc)
     time.sleep(1.0)  # let it train a while
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
+    done = torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"]  # the group's checkpoint stands
     for lambd in (0, 3):
         job = sweep / f"reg.lambd={lambd},trainer.epochs=100000"
-        assert json.loads((job / "metrics.json").read_text())["status"] == "interrupted"
+        assert json.loads((job / "metrics.json").read_text()) == {"status": "interrupted", "epochs": done}
         assert steps(job)  # the evaluations made before Ctrl-C were flushed
+    assert f"the group's checkpoint after epoch {done} stands" in proc.output()
     command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
     assert command == ["python", str(ROOT / "train.py"), *args[:-1], f"hydra.sweep.dir={sweep}"]
 

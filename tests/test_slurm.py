@@ -1,21 +1,33 @@
-"""Sweeps through a real SLURM cluster (scripts/slurm_local.sh): the `slurm` launcher, preemption and requeue.
+"""Sweeps through SLURM and submitit: the `slurm` and `vectorized_slurm` launchers on a real cluster
+(scripts/slurm_local.sh), preemption and requeue; `vectorized_local`; short errors for bad launcher input.
 
-These tests submit with sbatch; they skip without a cluster and fail without one when REQUIRE_SLURM=1 (.ci/run).
+Tests marked slurm submit with sbatch; they skip without a cluster and fail without one when REQUIRE_SLURM=1 (.ci/run).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from regularization.checkpoint import CHECKPOINT
+from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT
+from tests.conftest import run_train
+from tests.test_launchers import _artifacts
 from tests.test_reliability import Run, final_metrics
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+on_slurm = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def slurm_test(test):  # noqa: ANN001, ANN201
+    """A test that submits to the cluster: marked slurm and slow, and needing one."""
+    for mark in reversed(on_slurm):
+        test = mark(test)
+    return test
+
 
 CPU_JOB = ["hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 # Long enough that a job is still training a few seconds after its first checkpoint.
@@ -23,14 +35,19 @@ LONG_WD = ["reg.lambd=3", "trainer.epochs=1000", "trainer.eval_every=50"]
 
 
 def slurm_jobs(sweep: Path) -> list[str]:
-    """The SLURM job ids of a sweep's jobs: submitit names a folder per job (%j) in hydra.sweep.dir/.submitit."""
-    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
+    """The SLURM job ids of a sweep's jobs (an array's tasks: 12_0, 12_1): submitit keeps each job's pickle in a
+    folder named by its id (%j) in hydra.sweep.dir/.submitit."""
+    return sorted(p.parent.name for p in (sweep / ".submitit").glob("*/*_submitted.pkl"))
 
 
 def requeue(job_id: str) -> None:
-    """``scontrol requeue`` (SLURM kills the job and queues it again, as a preemption with requeue does), then
-    let it start again now: SLURM holds a requeued job back for two minutes (BeginTime)."""
+    """``scontrol requeue``: SLURM kills the job and queues it again, as a preemption with requeue does."""
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    requeued(job_id)
+
+
+def requeued(job_id: str) -> None:
+    """Wait for a requeued job to run again, letting it start now: SLURM holds it back for two minutes (BeginTime)."""
     deadline = time.monotonic() + 60
     while not started_again(job_id):
         assert time.monotonic() < deadline, f"job {job_id} did not start again after its requeue"
@@ -45,14 +62,15 @@ def started_again(job_id: str) -> bool:
     return restarted and not any(f"JobState={s} " in show for s in ("PENDING", "REQUEUED", "COMPLETING", "REQUEUE_HOLD"))
 
 
-def wait_for_checkpoint(job: Path, proc: Run, timeout: float = 120) -> None:
+def wait_for_checkpoint(job: Path, proc: Run, name: str = CHECKPOINT, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not (job / CHECKPOINT).exists():
-        assert proc.poll() is None, f"the sweep ended before {job / CHECKPOINT} appeared:\n{proc.output()}"
-        assert time.monotonic() < deadline, f"{job / CHECKPOINT} did not appear:\n{proc.output()}"
+    while not (job / name).exists():
+        assert proc.poll() is None, f"the sweep ended before {job / name} appeared:\n{proc.output()}"
+        assert time.monotonic() < deadline, f"{job / name} did not appear:\n{proc.output()}"
         time.sleep(0.1)
 
 
+@slurm_test
 def test_slurm_job_requeued_mid_training_resumes_bitwise(tmp_path: Path) -> None:
     """hydra/launcher=slurm through real sbatch; `scontrol requeue` mid-training; the requeued job resumes from its
     checkpoint and ends with the metrics of an uninterrupted run, to the last bit."""
@@ -69,3 +87,80 @@ def test_slurm_job_requeued_mid_training_resumes_bitwise(tmp_path: Path) -> None
     assert uninterrupted.wait(timeout=240) == 0, uninterrupted.output()
     assert final_metrics(sweep / "job") == final_metrics(straight)
     assert json.loads((sweep / "job" / "metrics.json").read_text())["status"] == "completed"
+
+
+@slurm_test
+def test_vectorized_slurm_groups_preempted_or_cancelled(tmp_path: Path) -> None:
+    """hydra/launcher=vectorized_slurm: 4 jobs as 2 group jobs of a job array. Group 0 is preempted mid-training
+    (SIGUSR2, as SLURM signals a job before preempting it or at its time limit: submitit calls the group's checkpoint
+    and requeues it) and resumes from its group checkpoint: its members end bit for bit as in the in-process
+    vectorized launcher. Group 1 is cancelled: its members are failed, the sweep still writes its summary, exits 1."""
+    args = ["-m", "reg.lambd=0,1,2,3", "trainer.epochs=1000", "trainer.eval_every=50", "hydra.launcher.max_members=2"]
+    (tmp_path / "in_process").mkdir()
+    straight = Run([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'straight'}"], tmp_path / "in_process")
+    sweep = tmp_path / "sweep"
+    proc = Run([*args, "hydra/launcher=vectorized_slurm", *CPU_JOB, f"hydra.sweep.dir={sweep}"], tmp_path)
+    first = sweep / "reg.lambd=0,trainer.epochs=1000,trainer.eval_every=50"
+    wait_for_checkpoint(first, proc, GROUP_CHECKPOINT)
+    preempted, cancelled = slurm_jobs(sweep)
+    subprocess.run(["scancel", cancelled], check=True)
+    subprocess.run(["scancel", "--signal=USR2", preempted], check=True)
+    requeued(preempted)
+    assert proc.wait(timeout=240) == 1, proc.output()  # a failed group fails the sweep
+    assert straight.wait(timeout=240) == 0, straight.output()
+    assert "resuming the group of 2 jobs" in (sweep / ".submitit" / preempted / f"{preempted}_0_log.err").read_text()
+    for lambd in (0, 1):
+        job = f"reg.lambd={lambd},trainer.epochs=1000,trainer.eval_every=50"
+        assert final_metrics(sweep / job) == final_metrics(tmp_path / "straight" / job)
+    for lambd in (2, 3):
+        failed = json.loads((sweep / f"reg.lambd={lambd},trainer.epochs=1000,trainer.eval_every=50" / "metrics.json").read_text())
+        assert failed["status"] == "failed" and cancelled in failed["error"]
+    assert "2 of 4 jobs failed" in proc.output()
+    assert len((sweep / "summary.csv").read_text().splitlines()) == 5
+
+
+@slurm_test
+@pytest.mark.parametrize("launcher", ["slurm", "vectorized_slurm"])
+def test_a_partition_that_does_not_exist(tmp_path: Path, launcher: str) -> None:
+    proc = run_train(
+        ["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}", *CPU_JOB, "hydra.launcher.partition=nope"], tmp_path, check=False
+    )
+    assert proc.returncode == 1
+    assert f"hydra/launcher={launcher}: sbatch refused the sweep's jobs: sbatch: error: invalid partition specified: nope" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))  # nothing trained
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "vectorized_slurm"])
+def test_a_slurm_launcher_without_slurm(tmp_path: Path, launcher: str) -> None:
+    """On a machine without sbatch: a short message naming the launcher and what is missing, nothing written."""
+    no_slurm = {"PATH": str(Path(sys.executable).parent)}  # python, and no sbatch
+    proc = run_train(
+        ["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, env=no_slurm, check=False
+    )
+    assert proc.returncode == 1
+    assert f"hydra/launcher={launcher} submits the sweep with SLURM's sbatch, which is not on PATH on this machine" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("launcher", ["vectorized_local", "vectorized_slurm"])
+def test_max_members_below_one(tmp_path: Path, launcher: str) -> None:
+    proc = run_train(["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}", "hydra.launcher.max_members=0"], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "hydra.launcher.max_members: must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.slow
+def test_vectorized_local_equals_the_in_process_launcher(tmp_path: Path) -> None:
+    """The same groups through submitit's local executor (the vectorized_slurm code path, one process per group):
+    the same artifacts per job, and the same numbers as the in-process vectorized launcher."""
+    args = ["-m", "reg=l1,l2", "reg.lambd=0,3", "trainer.epochs=5", "hydra.launcher.max_members=2"]
+    run_train([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'in_process'}"], tmp_path)
+    run_train([*args, "hydra/launcher=vectorized_local", f"hydra.sweep.dir={tmp_path / 'local'}"], tmp_path)
+    expected = _artifacts(tmp_path / "in_process")
+    assert len(expected) == 4
+    assert _artifacts(tmp_path / "local") == expected
+    for job in expected:
+        assert (tmp_path / "local" / job / "train.log").read_text().count("epoch 5/5") == 1

@@ -4,7 +4,8 @@ Per job it leaves what Hydra's basic launcher leaves: the job dir named by hydra
 ``.hydra/{config,hydra,overrides}.yaml``, the event files and metrics.json, and a JobReturn for the sweep
 summary callback. Jobs that differ only in stackable keys (``vectorized.STACKABLE``) train as one group of at
 most ``max_members``; the others are split into compatible groups. Jobs whose dir already holds a completed
-metrics.json are skipped, so rerunning a sweep into the same hydra.sweep.dir resumes it.
+metrics.json are skipped and a group with a checkpoint continues from it (``vectorized.group_checkpoint``),
+so rerunning a sweep into the same hydra.sweep.dir resumes it.
 
 The launcher runs the harness's training itself (``regularization.engine.preflight`` and
 ``vectorized.train_group``), not the task function: it is this harness's launcher, not a general one.
@@ -87,21 +88,18 @@ class VectorizedLauncher(Launcher):
 
     def launch_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from regularization.config import ConfigError
-        from regularization.engine import completed_result, final_metric, preflight
-        from regularization.vectorized import check_vectorizable
+        from regularization.engine import completed_result, final_metric
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
-        if self.max_members < 1:
-            raise ConfigError(f"Invalid config: hydra.launcher.max_members: must be >= 1, got {self.max_members}")
+        self.check_launcher()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         compose = SweepComposer(self.hydra_context.config_loader, self.config)
         jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose(o))) for i, o in enumerate(job_overrides)]
         for job in jobs:  # every job checked before any trains
             try:
-                preflight(job.task_cfg)
-                check_vectorizable(job.task_cfg)
+                self.check(job)
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(job.overrides)}") from None
         returns: dict[int, JobReturn] = {}
@@ -118,6 +116,31 @@ class VectorizedLauncher(Launcher):
             returns[job.idx] = self.finish_job(job, values[job.idx])
         return [returns[job.idx] for job in jobs]
 
+    def check_launcher(self) -> None:
+        """The launcher's own settings, before anything is composed or written."""
+        from regularization.config import ConfigError
+
+        if self.max_members < 1:
+            raise ConfigError(f"Invalid config: hydra.launcher.max_members: must be >= 1, got {self.max_members}")
+
+    def check(self, job: Job) -> None:
+        """``engine.preflight`` for the job (its config, device and data) and what stacking needs of it."""
+        from regularization.engine import preflight
+        from regularization.vectorized import check_vectorizable
+
+        preflight(job.task_cfg)
+        check_vectorizable(job.task_cfg)
+
+    def plan(self, pending: list[Job]) -> list[list[Job]]:
+        """The pending jobs as groups (``vectorized.plan_groups``); a group checkpoint that does not fit its group
+        stops the sweep here, before any group trains."""
+        from regularization.vectorized import group_checkpoint, plan_groups
+
+        groups = [[pending[i] for i in members] for members in plan_groups([job.task_cfg for job in pending], self.max_members)]
+        for group in groups:
+            group_checkpoint([job.task_cfg for job in group], [job.out_dir for job in group], mmap=True)
+        return groups
+
     def train_groups(self, pending: list[Job]) -> dict[int, float]:
         """Train the jobs as groups, each on its device (``parallel.group_devices``: the groups on ``auto`` spread
         over the visible GPUs), the groups of different GPUs at the same time; returns each job's final value.
@@ -130,9 +153,9 @@ class VectorizedLauncher(Launcher):
         from regularization.config import resolve_device
         from regularization.engine import set_deterministic
         from regularization.parallel import group_devices, run_per_device
-        from regularization.vectorized import plan_groups, stop_requested, train_group
+        from regularization.vectorized import stop_requested, train_group
 
-        groups = [[pending[i] for i in members] for members in plan_groups([job.task_cfg for job in pending], self.max_members)]
+        groups = self.plan(pending)
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
         for k, (group, device) in enumerate(zip(groups, devices, strict=True)):
@@ -155,8 +178,8 @@ class VectorizedLauncher(Launcher):
             phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if g[0].task_cfg.trainer.deterministic == deterministic]
             try:
                 run_per_device(phase, stop_requested)
-            except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir trains it
-                log.warning("interrupted: a rerun into the same sweep dir trains the unfinished groups again")
+            except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
+                log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
                 raise SystemExit(130) from None
         return values
 

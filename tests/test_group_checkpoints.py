@@ -1,0 +1,92 @@
+"""Vectorized groups checkpoint and resume: SIGKILL mid-group then a rerun is bitwise an uninterrupted run;
+a checkpoint that does not fit its group is refused before anything trains."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from regularization.checkpoint import GROUP_CHECKPOINT
+from regularization.config import ConfigError
+from regularization.vectorized import group_checkpoint, train_group
+from tests.conftest import run_train
+from tests.test_reliability import Run, final_metrics, steps, wait_for
+
+CPU = torch.device("cpu")
+
+
+def group_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path: Path, tiny_fashion_root: Path) -> None:
+    """Four members in one group: two dropout rates × a sane and a diverging learning rate (the diverged members'
+    learning rate is set to 0 before the kill: the checkpoint must keep it). Dropout masks come from the global RNG,
+    which the checkpoint restores, so dropout members match bit for bit too."""
+    args = ["-m", "+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=64", "model.hidden2=32", "data.batch_size=32"]
+    # A checkpoint every epoch (no minimum interval): the kill lands early, with most epochs still to train.
+    args += ["trainer.epochs=40", "trainer.eval_every=5", "trainer.checkpoint_min_interval_s=0"]
+    args += ["reg.dropout1=0.2,0.5", "optim.lr=0.5,1e6", "hydra/launcher=vectorized", "hydra.sweep.subdir=${hydra.job.num}"]
+    straight = tmp_path / "straight"
+    run_train([*args, f"hydra.sweep.dir={straight}"], tmp_path)
+    killed = tmp_path / "killed"
+    proc = Run([*args, f"hydra.sweep.dir={killed}"], tmp_path)
+    first = killed / "0"  # the group's first member
+    wait_for(first / GROUP_CHECKPOINT, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (first / "metrics.json").exists()  # it really died mid-training
+    assert torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"] < 40
+    rerun = run_train([*args, f"hydra.sweep.dir={killed}"], tmp_path)
+    assert "resuming the group of 4 jobs" in rerun.stdout
+    expected = {d.name: final_metrics(d) for d in group_dirs(straight)}
+    assert {m["status"] for m in expected.values()} == {"completed", "diverged"}
+    assert {d.name: final_metrics(d) for d in group_dirs(killed)} == expected  # bitwise: JSON floats round-trip exactly
+    assert steps(first) == steps(straight / first.name)  # the event file continues without duplicate steps
+
+
+def _group(make_cfg, lambdas: list[float], dirs: list[Path] | None = None) -> tuple[list, list[Path]]:
+    cfgs = [make_cfg("trainer.epochs=3", f"reg.lambd={lambd}") for lambd in lambdas]
+    return cfgs, dirs or [Path(c.hydra.runtime.output_dir) for c in cfgs]
+
+
+def test_a_checkpoint_of_another_group_is_refused(make_cfg) -> None:
+    cfgs, dirs = _group(make_cfg, [0, 1, 2])
+    train_group(cfgs, dirs, CPU)
+    assert json.loads((dirs[0] / "metrics.json").read_text())["status"] == "completed"
+    path, saved = group_checkpoint(cfgs, dirs)
+    assert path == dirs[0] / GROUP_CHECKPOINT and saved["epoch"] == 3  # the same group finds its checkpoint
+    other, _ = _group(make_cfg, [0, 1, 5])
+    with pytest.raises(ConfigError, match=r"another vectorized group \(its member 2 differs in reg.lambd\)"):
+        group_checkpoint(other, dirs)
+    fewer, _ = _group(make_cfg, [0, 1])
+    with pytest.raises(ConfigError, match="another vectorized group \\(of 3 jobs; this group has 2\\)"):
+        group_checkpoint(fewer, dirs[:2])
+    regrouped, _ = _group(make_cfg, [2, 0])  # max_members changed: job 0 is now the second of a group
+    with pytest.raises(ConfigError, match="was written for a vectorized group that began with this job"):
+        group_checkpoint(regrouped, [dirs[2], dirs[0]])
+    longer = [make_cfg("trainer.epochs=2", f"reg.lambd={lambd}") for lambd in (0, 1, 2)]
+    with pytest.raises(ConfigError, match="trainer.epochs: .* is at epoch 3, past 2"):
+        group_checkpoint(longer, dirs)
+    fresh = [make_cfg("trainer.epochs=3", f"reg.lambd={lambd}", "resume=false") for lambd in (0, 1, 5)]
+    assert group_checkpoint(fresh, dirs)[1] is None  # resume=false starts over
+
+
+def test_a_group_resumed_to_more_epochs_equals_one_trained_that_long(make_cfg) -> None:
+    """A completed group rerun with trainer.epochs raised continues from its checkpoint (as a single run does)."""
+    cfgs, dirs = _group(make_cfg, [0, 3])
+    train_group(cfgs, dirs, CPU)
+    longer = [make_cfg("trainer.epochs=6", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    train_group(longer, dirs, CPU)
+    straight, straight_dirs = _group(make_cfg, [0, 3])
+    straight = [make_cfg("trainer.epochs=6", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    straight_dirs = [Path(c.hydra.runtime.output_dir) for c in straight]
+    train_group(straight, straight_dirs, CPU)
+    for resumed, alone in zip(dirs, straight_dirs, strict=True):
+        assert final_metrics(resumed) == final_metrics(alone)
+        assert final_metrics(resumed)["epochs"] == 6
