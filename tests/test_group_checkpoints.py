@@ -26,8 +26,8 @@ def group_dirs(sweep: Path) -> list[Path]:
 @pytest.mark.slow
 def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path: Path, tiny_fashion_root: Path) -> None:
     """Four members in one group: two dropout rates × a sane and a diverging learning rate (the diverged members'
-    learning rate is set to 0 before the kill: the checkpoint must keep it). Dropout masks come from the global RNG,
-    which the checkpoint restores, so dropout members match bit for bit too."""
+    learning rate is set to 0 before the kill: the checkpoint must keep it). The dropout masks' generator is in the
+    checkpoint too, so dropout members match bit for bit."""
     args = ["-m", "+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=64", "model.hidden2=32", "data.batch_size=32"]
     # A checkpoint every epoch (no minimum interval): the kill lands early, with most epochs still to train.
     args += ["trainer.epochs=40", "trainer.eval_every=5", "trainer.checkpoint_min_interval_s=0"]
@@ -37,7 +37,7 @@ def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path
     killed = tmp_path / "killed"
     proc = Run([*args, f"hydra.sweep.dir={killed}"], tmp_path)
     first = killed / "0"  # the group's first member
-    wait_for(first / GROUP_CHECKPOINT, proc)
+    wait_for(first / GROUP_CHECKPOINT, proc, timeout=600)  # a loaded machine takes minutes to start
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (first / "metrics.json").exists()  # it really died mid-training

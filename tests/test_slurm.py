@@ -62,7 +62,7 @@ def started_again(job_id: str) -> bool:
     return restarted and not any(f"JobState={s} " in show for s in ("PENDING", "REQUEUED", "COMPLETING", "REQUEUE_HOLD"))
 
 
-def wait_for_checkpoint(job: Path, proc: Run, name: str = CHECKPOINT, timeout: float = 120) -> None:
+def wait_for_checkpoint(job: Path, proc: Run, name: str = CHECKPOINT, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not (job / name).exists():
         assert proc.poll() is None, f"the sweep ended before {job / name} appeared:\n{proc.output()}"
