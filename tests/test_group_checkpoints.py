@@ -28,12 +28,12 @@ def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path
     """Four members in one group: two dropout rates × a sane and a diverging learning rate (the diverged members'
     learning rate is set to 0 before the kill: the checkpoint must keep it). The dropout masks' generator is in the
     checkpoint too, so dropout members match bit for bit."""
-    args = ["-m", "+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=64", "model.hidden2=32", "data.batch_size=32"]
+    args = ["-m", "+experiment=dropout", f"data.root={tiny_fashion_root}", "model.hidden1=16", "model.hidden2=16", "data.batch_size=32"]
     # A checkpoint every epoch (no minimum interval): the kill lands early, with most epochs still to train.
-    args += ["trainer.epochs=40", "trainer.eval_every=5", "trainer.checkpoint_min_interval_s=0"]
+    args += ["trainer.epochs=20", "trainer.eval_every=5", "trainer.checkpoint_min_interval_s=0"]
     args += ["reg.dropout1=0.2,0.5", "optim.lr=0.5,1e6", "hydra/launcher=vectorized", "hydra.sweep.subdir=${hydra.job.num}"]
     straight = tmp_path / "straight"
-    run_train([*args, f"hydra.sweep.dir={straight}"], tmp_path)
+    run_train([*args, f"hydra.sweep.dir={straight}"], tmp_path, timeout=900)
     killed = tmp_path / "killed"
     proc = Run([*args, f"hydra.sweep.dir={killed}"], tmp_path)
     first = killed / "0"  # the group's first member
@@ -41,8 +41,8 @@ def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (first / "metrics.json").exists()  # it really died mid-training
-    assert torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"] < 40
-    rerun = run_train([*args, f"hydra.sweep.dir={killed}"], tmp_path)
+    assert torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"] < 20
+    rerun = run_train([*args, f"hydra.sweep.dir={killed}"], tmp_path, timeout=900)
     assert "resuming the group of 4 jobs" in rerun.stdout
     expected = {d.name: final_metrics(d) for d in group_dirs(straight)}
     assert {m["status"] for m in expected.values()} == {"completed", "diverged"}
