@@ -34,12 +34,17 @@ def gpu_for_job(job_num: int, n_gpus: int) -> str:
     return f"cuda:{job_num % n_gpus}" if n_gpus > 1 else "cuda"
 
 
+def is_submitit(target: str) -> bool:
+    """hydra-submitit-launcher's launchers, or this project's subclasses of them (submitit_groups)."""
+    return ".hydra_submitit_launcher." in target or ".submitit_groups." in target
+
+
 def runs_jobs_side_by_side(launcher: DictConfig) -> bool:
     """Whether a Hydra launcher runs a sweep's jobs at once, each in a process of its own: joblib's and submitit's.
     Only then does spreading jobs over GPUs gain anything; a launcher that runs them one after another in one
     process would hold a CUDA context and cached memory on every GPU it visited."""
     target = str(launcher.get("_target_", ""))
-    return target.endswith("JoblibLauncher") or ".hydra_submitit_launcher." in target
+    return target.endswith("JoblibLauncher") or is_submitit(target)
 
 
 def job_device(name: str) -> str:
@@ -127,7 +132,7 @@ def launcher_threads(launcher: DictConfig, n_cpus: int) -> int | None:
     target = str(launcher.get("_target_", ""))
     if target.endswith("JoblibLauncher"):
         return threads_per_job(n_cpus, concurrent_jobs(launcher.get("n_jobs"), n_cpus))
-    if ".hydra_submitit_launcher." in target and launcher.get("cpus_per_task"):
+    if is_submitit(target) and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
     return None
 

@@ -160,6 +160,7 @@ def _artifacts(sweep_dir: Path) -> dict[str, dict]:
     for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
         metrics = json.loads((job / "metrics.json").read_text())
         metrics.pop("wall_s")
+        metrics.pop("group_wall_s", None)  # timing, like wall_s
         jobs[job.name] = {
             "overrides": OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml")),
             "events": len(list(job.glob("events.out.tfevents.*"))),
