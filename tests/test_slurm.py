@@ -71,9 +71,11 @@ def wait_for_checkpoint(job: Path, proc: Run, name: str = CHECKPOINT, timeout: f
 
 
 @slurm_test
-def test_slurm_job_requeued_mid_training_resumes_bitwise(tmp_path: Path) -> None:
+def test_slurm_job_requeued_mid_training_resumes_bitwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """hydra/launcher=slurm through real sbatch; `scontrol requeue` mid-training; the requeued job resumes from its
     checkpoint and ends with the metrics of an uninterrupted run, to the last bit."""
+    # The SLURM job runs on cpus_per_task=1 torch thread; the run it is compared with must use as many.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     sweep = tmp_path / "sweep"
     proc = Run(["-m", *LONG_WD, "hydra/launcher=slurm", *CPU_JOB, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"], tmp_path)
     straight = tmp_path / "straight"
