@@ -21,16 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 
 import regularization  # noqa: E402, F401  (registers the config schemas)
 from regularization.engine import train  # noqa: E402
 from regularization.vectorized import train_group  # noqa: E402
+from tests.conftest import compose_config  # noqa: E402  (the tests' job composition: the script measures their claim)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PENALTIES = {
     "l2 penalty": ["reg=l2"],
     "l2 weight_decay": ["reg=l2", "reg.impl=weight_decay"],
@@ -38,18 +34,6 @@ PENALTIES = {
     "l1 proximal": ["reg=l1", "reg.impl=proximal"],
 }
 REL, ABS = 1e-4, 1e-7  # as tests/test_vectorized.py compares: a train loss near 0 differs by float noise
-
-
-def job(overrides: list[str], out_dir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    out_dir.mkdir(parents=True)
-    return cfg
 
 
 def history(out_dir: Path) -> list[dict]:
@@ -70,9 +54,9 @@ def compare(name: str, reg: list[str], args: argparse.Namespace, root: Path) -> 
     overrides = [base + [f"seed={s}"] + ([f"reg.lambd={v}"] if name != "none" else []) for v in lambdas for s in range(args.seeds)]
     alone_dirs = [root / name / f"alone{i}" for i in range(len(overrides))]
     for o, d in zip(overrides, alone_dirs, strict=True):
-        train(job(o, d), torch.device("cpu"), d)
+        train(compose_config(o, d), torch.device("cpu"), d)
     member_dirs = [root / name / f"member{i}" for i in range(len(overrides))]
-    cfgs = [job(o, d) for o, d in zip(overrides, member_dirs, strict=True)]
+    cfgs = [compose_config(o, d) for o, d in zip(overrides, member_dirs, strict=True)]
     train_group(cfgs, member_dirs, torch.device("cpu"), [c.hydra for c in cfgs])
     pairs = [(history(m), history(a)) for m, a in zip(member_dirs, alone_dirs, strict=True)]
     bitwise = sum(s == a for s, a in pairs)
