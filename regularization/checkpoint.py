@@ -54,6 +54,12 @@ def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     return config_without(cfg, RESUMABLE_KEYS)
 
 
+def experiment_id(cfg: DictConfig) -> str:
+    """A short fingerprint of the experiment config, kept in metrics.json: a sweep rerun into the same dir skips a
+    completed job only if the job there ran the same experiment (job names leave out the sweep's constant keys)."""
+    return hashlib.sha1(json.dumps(experiment_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
 class CheckpointCadence:
     """When a run writes its checkpoint: after epoch e if
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -169,6 +172,18 @@ OPTIMIZERS = ("sgd", "adam")
 METRICS = ("test_loss", "train_loss", "test_acc", "train_acc", "weight_l2_norm", "sparsity")
 
 
+SCHEMAS = (
+    ("model", "base", ModelConfig),
+    ("model", "mlp", MLPConfig),
+    ("reg", "base", RegConfig),
+    ("reg", "dropout", DropoutRegConfig),
+    ("data", "synthetic", SyntheticConfig),
+    ("data", "fashion_mnist", FashionMNISTConfig),
+    ("optim", "base", OptimConfig),
+    ("optim", "sgd", SGDConfig),
+)
+
+
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore, and the ``${pid:}`` resolver used in output dir names."""
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
@@ -176,16 +191,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     # Under schema/<group>, not <group>: the YAML files extend them (/schema/reg/base@_here_), and Hydra's lists of
     # a group's choices (errors, --help) show the choices alone.
-    for group, name, node in (
-        ("model", "base", ModelConfig),
-        ("model", "mlp", MLPConfig),
-        ("reg", "base", RegConfig),
-        ("reg", "dropout", DropoutRegConfig),
-        ("data", "synthetic", SyntheticConfig),
-        ("data", "fashion_mnist", FashionMNISTConfig),
-        ("optim", "base", OptimConfig),
-        ("optim", "sgd", SGDConfig),
-    ):
+    for group, name, node in SCHEMAS:
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
@@ -257,6 +263,67 @@ def _suggest(path: str, known: list[str]) -> str:
     parent = path.rpartition(".")[0]
     here = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
     return f"did you mean {close[0]}?" if close else f"the keys there are: {', '.join(here)}"
+
+
+def known_keys() -> list[str]:
+    """Every dotted key that some schema allows: the top level's, the trainer's, and each group's over its schemas."""
+    keys = {f.name for f in dataclasses.fields(Config)} | {f"trainer.{f.name}" for f in dataclasses.fields(TrainerConfig)}
+    keys |= {f"{group}.{f.name}" for group, _, node in SCHEMAS for f in dataclasses.fields(node)}
+    return sorted(keys)
+
+
+def check_command_line(args: list[str], conf_dir: Path) -> None:
+    """Before Hydra composes: ConfigError, with the closest real key, for a key that no schema has, set on the command
+    line (``reg.lamda=3``) or in a preset file it chooses (``+experiment=mine`` with ``reg: {lamda: 3}``).
+
+    Hydra refuses both too, but suggests ``+reg.lamda=3`` for the first and names no real key for the second.
+    ``+key`` and ``++key`` are checked by ``check_keys`` once composed, against the schema of the chosen preset.
+    """
+    from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser, as @hydra.main uses it
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_known_args(args)[0].overrides)
+    except HydraException:
+        return  # a malformed override: Hydra's own message says what is wrong with it
+    known = known_keys()
+    dirs = [conf_dir] + [Path(p.removeprefix("file://")) for o in overrides if o.key_or_group == "hydra.searchpath" for p in o.value()]
+    for override in overrides:
+        key = override.key_or_group
+        if override.is_hydra_override() or override.is_delete() or "/" in key or "@" in key:
+            continue
+        if (conf_dir / key).is_dir():  # a group: check the preset files it chooses
+            names = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            for path in (d / key / f"{name}.yaml" for d in dirs for name in names if isinstance(name, str)):
+                if path.is_file():
+                    _check_preset(path, key, known)
+        elif not (override.is_add() or override.is_force_add()) and key not in known:
+            raise ConfigError(f"Invalid config: {key}: no such key in any schema; {_suggest(key, known)}")
+
+
+def _check_preset(path: Path, group: str, known: list[str]) -> None:
+    """A preset file's keys against the schemas: under its group, or under the package its header names."""
+    text = path.read_text()
+    node = yaml.safe_load(text) or {}
+    package = re.search(r"^# *@package +(\S+)", text, re.MULTILINE)
+    prefix = f"{group}." if package is None else "" if package[1] == "_global_" else f"{package[1]}."
+    for key in _flat_keys(node, prefix, known):
+        raise ConfigError(f"Invalid config: {key}: no such key in any schema (set in {path}); {_suggest(key, known)}")
+
+
+def _flat_keys(node: dict, prefix: str, known: list[str]) -> list[str]:
+    """The dotted keys under node that no schema has (``defaults`` and ``hydra`` are Hydra's own)."""
+    unknown = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if path in ("defaults", "hydra", f"{prefix}defaults"):
+            continue
+        if isinstance(value, dict) and any(k.startswith(f"{path}.") for k in known):
+            unknown += _flat_keys(value, f"{path}.", known)
+        elif path not in known:
+            unknown.append(path)
+    return unknown
 
 
 def _where(cfg: DictConfig, path: str) -> str:

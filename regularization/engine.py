@@ -22,8 +22,10 @@ from torch import nn
 
 from regularization.checkpoint import (
     CHECKPOINT,
+    REMEDY,
     CheckpointCadence,
     checkpoint_epoch,
+    experiment_id,
     generator_state,
     load_checkpoint,
     restore_generator,
@@ -323,7 +325,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     Ctrl-C leaves status ``interrupted`` and exits 130.
     """
     metrics_path, checkpoint = out_dir / "metrics.json", out_dir / CHECKPOINT
-    previous = completed_result(out_dir, cfg.trainer.epochs) if cfg.resume else None
+    previous = completed_result(out_dir, cfg) if cfg.resume else None
     if previous is not None:  # skipped before its checkpoint is read, as the vectorized launcher skips it
         log.info("already completed, skipping: %s", metrics_path)
         return final_metric(previous, cfg.optimize_metric)
@@ -344,7 +346,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         status = result["status"]
     finally:
         logger.close(status)
-    write_json_atomic(metrics_path, result)
+    write_json_atomic(metrics_path, result | {"experiment_id": experiment_id(cfg)})
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
         log.warning("to resume: %s", resume_command(HydraConfig.get(), HydraConfig.get().mode == RunMode.MULTIRUN))
@@ -364,13 +366,21 @@ def resume_command(hydra: DictConfig, multirun: bool) -> str:
     return shlex.join(["python", sys.argv[0], *args, f"{key}={where}"])
 
 
-def completed_result(out_dir: Path, epochs: int) -> dict | None:
-    """The job's metrics.json if an earlier run of it completed as many epochs (sweep resume skips it), else None."""
+def completed_result(out_dir: Path, cfg: DictConfig) -> dict | None:
+    """The job's metrics.json if an earlier run of the same experiment completed as many epochs (sweep resume
+    skips it), else None. A completed run of another experiment there is a ConfigError: a sweep dir reused with
+    other constant keys, which the job names leave out, would otherwise skip the new job as done."""
     try:
         previous = json.loads((out_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return previous if previous.get("status") == "completed" and previous.get("epochs") == epochs else None
+    if previous.get("status") != "completed" or previous.get("epochs") != cfg.trainer.epochs:
+        return None
+    if previous.get("experiment_id", experiment_id(cfg)) != experiment_id(cfg):  # no id: written before ids were kept
+        if (out_dir / CHECKPOINT).exists():
+            load_checkpoint(out_dir / CHECKPOINT, cfg)  # raises, naming the keys that differ
+        raise ConfigError(f"Invalid config: {out_dir} holds a completed run of another experiment. {REMEDY}")
+    return previous
 
 
 def final_metric(result: dict, name: str) -> float:

@@ -54,7 +54,9 @@ def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
     if p == 0:
         return X
     keep = torch.rand_like(X) > p
-    return X * (keep / (1 - p))  # each unit times 0 or 1/(1−p): one pass over X (and its gradient), not two
+    # Each unit times 0 or 1/(1−p): one pass over X (and its gradient), not two. The mask in X's dtype: under
+    # bf16-mixed an fp32 mask would promote the activations to fp32, and the next matmul would cast them back.
+    return X * (keep / (1 - p)).to(X.dtype)
 
 
 def standard_dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:

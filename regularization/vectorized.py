@@ -42,6 +42,7 @@ from regularization.checkpoint import (
     GROUP_CHECKPOINT,
     CheckpointCadence,
     checkpoint_epoch,
+    experiment_id,
     generator_state,
     load_group_checkpoint,
     restore_generator,
@@ -98,7 +99,7 @@ def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True, gene
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
     keep = torch.rand(H.shape, generator=generator, device=H.device, dtype=H.dtype) >= bcast(p, H)
-    return H * (keep / bcast(1 - p, H)) if inverted else H * keep
+    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see engine's dropout_layer
 
 
 class StackedNet:
@@ -661,5 +662,6 @@ def train_group(
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
         shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)}
-        list(pool.map(lambda r, d: write_json_atomic(d / "metrics.json", r | shares), results, out_dirs))
+        ids = [{"experiment_id": experiment_id(cfg)} for cfg in cfgs]
+        list(pool.map(lambda r, d, i: write_json_atomic(d / "metrics.json", r | shares | i), results, out_dirs, ids))
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]

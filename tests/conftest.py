@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -126,3 +129,46 @@ def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None =
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class Run(subprocess.Popen):
+    """train.py in the background, its output going to a file (a pipe nobody reads would fill and stall it).
+    A run still alive when its test ends (a failed assertion, say) is killed then: none outlives its test."""
+
+    started: ClassVar[list[Run]] = []
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.log = cwd / "train.out"
+        cwd.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as out:
+            super().__init__([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        Run.started.append(self)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_raises() -> None:
+    """Python's KeyboardInterrupt handler, in this process and (inherited as "not ignored") in its train.py
+    children, even when pytest was started in the background, where a shell has SIGINT ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _kill_background_runs() -> Iterator[None]:
+    yield
+    while Run.started:
+        proc = Run.started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(path: Path, proc: Run, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.output()}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)

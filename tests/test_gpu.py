@@ -134,13 +134,15 @@ def test_a_conflicting_cublas_workspace_under_deterministic_is_a_config_error(tm
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_the_vectorized_launcher_honours_deterministic(tmp_path, monkeypatch, deterministic):
-    calls = []
-    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, **kwargs: calls.append(on))
+def test_the_vectorized_launcher_honours_deterministic(tmp_path, deterministic):
     overrides = ["+experiment=weight_decay", "trainer.epochs=1", f"trainer.deterministic={deterministic}"]
     cfgs = [compose_config([*overrides, f"reg.lambd={v}"], tmp_path / str(v)) for v in (0, 1)]
-    train_group(cfgs, [tmp_path / "0", tmp_path / "1"], CPU)
-    assert calls == [deterministic]
+    torch.use_deterministic_algorithms(not deterministic)  # as an earlier job of the process left it
+    try:
+        train_group(cfgs, [tmp_path / "0", tmp_path / "1"], CPU)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 # ---- placement: every GPU used, jobs one after another stay on one ------------------------------------------

@@ -13,8 +13,8 @@ import torch
 from regularization.checkpoint import GROUP_CHECKPOINT
 from regularization.config import ConfigError
 from regularization.vectorized import group_checkpoint, train_group
-from tests.conftest import run_train
-from tests.test_reliability import Run, final_metrics, steps, wait_for
+from tests.conftest import Run, run_train, wait_for
+from tests.test_reliability import final_metrics, steps
 
 CPU = torch.device("cpu")
 

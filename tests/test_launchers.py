@@ -186,7 +186,7 @@ def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, l
     parallel = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     sweep_dir = _sweep(tmp_path, launcher, f"hydra/launcher={launcher}", *parallel)
     expected = _artifacts(basic_sweep)
-    assert sorted(expected) == ["reg.lambd=0,trainer.epochs=3", "reg.lambd=3,trainer.epochs=3"]
+    assert sorted(expected) == ["reg.lambd=0", "reg.lambd=3"]
     assert all(job["events"] == 1 and job["metrics"]["status"] == "completed" for job in expected.values())
     assert _artifacts(sweep_dir) == expected  # CPU, same seeds: the same numbers to the last bit
     assert _summary(sweep_dir) == _summary(basic_sweep)

@@ -174,8 +174,8 @@ def test_cli_sweep_over_precision_names_its_dirs_and_splits_vectorized_groups(tm
     args = ["-m", "hydra/launcher=vectorized", "trainer.precision=32,bf16-mixed", "reg.lambd=0,3", "trainer.epochs=3"]
     run_train([*args, f"hydra.sweep.dir={sweep}"], tmp_path)
     names = {p.name for p in sweep.iterdir() if p.is_dir()}
-    assert names == {f"reg.lambd={v},trainer.epochs=3,trainer.precision={p}" for v in (0, 3) for p in ("32", "bf16-mixed")}
-    free = {p: metrics(sweep / f"reg.lambd=0,trainer.epochs=3,trainer.precision={p}") for p in ("32", "bf16-mixed")}
+    assert names == {f"reg.lambd={v},trainer.precision={p}" for v in (0, 3) for p in ("32", "bf16-mixed")}
+    free = {p: metrics(sweep / f"reg.lambd=0,trainer.precision={p}") for p in ("32", "bf16-mixed")}
     assert free["32"] != free["bf16-mixed"]  # the bf16 members trained in bf16
     assert free["bf16-mixed"]["test_loss"] == pytest.approx(free["32"]["test_loss"], rel=0.05)
 

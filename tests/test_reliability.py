@@ -5,8 +5,6 @@ import os
 import pickle
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT, checkpoint_epoch
 from regularization.config import ConfigError
 from regularization.engine import preflight, train
-from tests.conftest import ROOT, run_train
+from tests.conftest import ROOT, Run, run_train, wait_for
 
 
 def final_metrics(job_dir: Path) -> dict:
@@ -31,26 +29,6 @@ def steps(job_dir: Path, tag: str = "loss/test") -> list[int]:
     acc = EventAccumulator(str(job_dir))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
-
-
-class Run(subprocess.Popen):
-    """train.py in the background, its output going to a file (a pipe nobody reads would fill and stall it)."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.log = cwd / "train.out"
-        with open(self.log, "a") as out:
-            super().__init__([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-def wait_for(path: Path, proc: Run, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.output()}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.02)
 
 
 # A checkpoint after every epoch (no minimum interval), so that a kill lands between two checkpoints mid-run.
@@ -113,14 +91,14 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
     sweep = tmp_path / "sweep"
     args = ["-m", "reg.lambd=0,3", "trainer.epochs=100000", "hydra/launcher=vectorized", f"hydra.sweep.dir={sweep}"]
     proc = Run(args, tmp_path)
-    first = sweep / "reg.lambd=0,trainer.epochs=100000"
+    first = sweep / "reg.lambd=0"
     wait_for(first / GROUP_CHECKPOINT, proc, timeout=600)
     time.sleep(1.0)  # let it train a while
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     done = torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"]  # the group's checkpoint stands
     for lambd in (0, 3):
-        job = sweep / f"reg.lambd={lambd},trainer.epochs=100000"
+        job = sweep / f"reg.lambd={lambd}"
         assert json.loads((job / "metrics.json").read_text()) == {"status": "interrupted", "epochs": done}
         assert steps(job)  # the evaluations made before Ctrl-C were flushed
     assert f"the group's checkpoint after epoch {done} stands" in proc.output()
@@ -133,8 +111,8 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train(["-m", "optim.lr=0.003,1e5", "trainer.epochs=20", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0
-    diverged = json.loads((sweep / "optim.lr=100000.0,trainer.epochs=20" / "metrics.json").read_text())
-    fine = json.loads((sweep / "optim.lr=0.003,trainer.epochs=20" / "metrics.json").read_text())
+    diverged = json.loads((sweep / "optim.lr=100000.0" / "metrics.json").read_text())
+    fine = json.loads((sweep / "optim.lr=0.003" / "metrics.json").read_text())
     assert diverged["status"] == "diverged" and 1 <= diverged["epochs"] < 20
     assert fine["status"] == "completed"
     assert "diverged" in (sweep / "summary.csv").read_text()
@@ -148,8 +126,8 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path, tiny_fashion_root):
     proc = run_train([*args, f"hydra.sweep.dir={sweep}"], tmp_path, check=False)
     assert proc.returncode != 0
     failed, ok = (
-        sweep / "+experiment=dropout,model.hidden1=100000000000,trainer.epochs=2",
-        sweep / "+experiment=dropout,model.hidden1=8,trainer.epochs=2",
+        sweep / "model.hidden1=100000000000",
+        sweep / "model.hidden1=8",
     )
     assert json.loads((failed / "metrics.json").read_text())["status"] == "failed"
     assert "Traceback" in (failed / "traceback.txt").read_text()
@@ -163,7 +141,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path, tiny_fashion_root):
 def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "reg.lambd=0,3", "trainer.epochs=1500", "trainer.eval_every=50", EVERY_EPOCH, f"hydra.sweep.dir={sweep}"]
-    first, second = (sweep / f"reg.lambd={lambd},trainer.epochs=1500,trainer.eval_every=50" for lambd in (0, 3))
+    first, second = (sweep / f"reg.lambd={lambd}" for lambd in (0, 3))
     proc = Run(args, tmp_path)
     wait_for(second / CHECKPOINT, proc)
     proc.send_signal(signal.SIGKILL)

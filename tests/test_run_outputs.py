@@ -18,10 +18,11 @@ from tensorboard.plugins.hparams.api_pb2 import Status
 
 import regularization.engine as engine
 from regularization import progress
-from regularization.config import resolve_device
+from regularization.config import ConfigError, resolve_device
 from regularization.logging import run_hparams
 from regularization.progress import progress_enabled
 from regularization.vectorized import train_group
+from tests.conftest import compose_config
 
 
 def train_job(cfg) -> Path:
@@ -231,20 +232,34 @@ def test_one_name_per_job_in_dirs_summary_tensorboard_and_settings(tmp_path):
         ["-m", "seed=0,1", "reg.lambd=0,3", "trainer.epochs=2", "device=cpu", "sparsity_threshold=0.01", f"hydra.sweep.dir={sweep}"],
         tmp_path,
     )
-    # trainer.epochs=2, typed on the command line, names the dir as Hydra's override_dirname does (a rerun with
-    # more seeds then finds the same dirs); device and sparsity_threshold are excluded keys.
-    names = [f"reg.lambd={lambd},seed={seed},trainer.epochs=2" for lambd in (0, 3) for seed in (0, 1)]
+    # The keys the sweep varies name the job: trainer.epochs=2, one value, does not; device and sparsity_threshold
+    # are excluded keys.
+    names = [f"reg.lambd={lambd},seed={seed}" for lambd in (0, 3) for seed in (0, 1)]
     assert sorted(d.name for d in sweep.iterdir() if d.is_dir()) == names
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["job"] for r in rows] == names
     assert sorted(EventMultiplexer().AddRunsFromDirectory(str(sweep)).Runs()) == names
     with open(sweep / "summary_by_setting.csv") as f:
-        assert [r["setting"] for r in csv.DictReader(f)] == ["reg.lambd=0,trainer.epochs=2", "reg.lambd=3,trainer.epochs=2"]
+        assert [r["setting"] for r in csv.DictReader(f)] == ["reg.lambd=0", "reg.lambd=3"]
     # One parsed column per identifying key; the excluded ones (device, sparsity_threshold) are not among them.
     assert {"model", "reg", "data", "optim", "reg.lambd", "seed"} <= rows[0].keys() and "device" not in rows[0]
     assert (rows[2]["model"], rows[2]["reg"], float(rows[2]["reg.lambd"]), int(rows[2]["seed"])) == ("linear", "l2", 3.0, 0)
     assert float(rows[0]["sparsity"]) >= 0  # every run reports it, L2 too
+
+
+def test_a_completed_job_of_another_experiment_is_not_skipped_as_done(make_cfg, tmp_path):
+    """Job names leave out a sweep's constant keys, so a sweep dir reused with other constants finds dirs of the
+    same name: a completed job there is skipped only if it ran the same experiment, else the run stops and says so."""
+    first = train_job(make_cfg("reg.lambd=3", "trainer.epochs=2"))
+    again = compose_config(["reg.lambd=3", "trainer.epochs=2", "device=cpu"], first)  # device: not the experiment
+    assert engine.completed_result(first, again) is not None
+    other = compose_config(["reg.lambd=3", "trainer.epochs=2", "optim.lr=0.01"], first)
+    with pytest.raises(ConfigError, match=r"was written by another experiment \(it differs in optim.lr\)"):
+        engine.train(other, resolve_device("cpu"), first)
+    (first / "checkpoint.pt").unlink()
+    with pytest.raises(ConfigError, match="holds a completed run of another experiment"):
+        engine.completed_result(first, other)
 
 
 def test_metrics_hold_the_best_epoch_and_the_sparsity_at_the_threshold(make_cfg):

@@ -1,6 +1,7 @@
 """A study as a user runs it: no key slips in unchecked, any regularizer on any preset, searches that bracket the optimum."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from hydra_plugins.regularization_sweeper.optuna_seeds import SeedAveragingLauncher
-from regularization.config import ConfigError, Penalty, validate
+from regularization.config import ConfigError, Penalty, check_command_line, validate
 from regularization.engine import preflight, run
 from tests.conftest import run_train
+
+CONF = Path(__file__).parents[1] / "conf"
 
 # ---- no key is added silently ---------------------------------------------------------------------------------------
 
@@ -42,9 +45,38 @@ def _config_dir(tmp_path: Path, group: str, name: str, text: str) -> str:
 
 def test_an_unknown_key_in_an_experiment_file_is_rejected(make_cfg, tmp_path):
     searchpath = _config_dir(tmp_path, "experiment", "mine", "# @package _global_\nreg:\n  lamda: 3\n")
-    with pytest.raises(HydraException) as err:
+    with pytest.raises(HydraException) as err:  # Hydra's composition refuses it
         validate(make_cfg(searchpath, "+experiment=mine"))
     assert "lamda" in f"{err.value} {err.value.__cause__}"
+    with pytest.raises(ConfigError) as err:  # and train.py, before Hydra, names the file and the closest key
+        check_command_line(["+experiment=mine", searchpath], CONF)
+    assert "reg.lamda: no such key in any schema (set in" in str(err.value) and "did you mean reg.lambd?" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reg.lamda=3"], "reg.lamda: no such key in any schema; did you mean reg.lambd?"),
+        (["-m", "reg.lamda=0,3"], "reg.lamda: no such key in any schema; did you mean reg.lambd?"),
+        (["trainer.epoch=3"], "did you mean trainer.epochs?"),
+        (["lr=0.1"], "did you mean optim.lr?"),
+    ],
+)
+def test_an_unknown_key_on_the_command_line_is_refused_with_the_closest_key(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_command_line(args, CONF)
+
+
+def test_the_command_line_check_passes_real_keys_and_every_preset():
+    presets = [f"{p.parent.name}={p.stem}" for p in CONF.glob("*/*.yaml") if p.parent.name not in ("hydra", "reg_on_model")]
+    check_command_line(["-m", "reg.lambd=0,3", "trainer.epochs=5", "model.hidden1=64", "hydra.sweep.dir=x", *presets], CONF)
+
+
+@pytest.mark.slow
+def test_a_mistyped_key_stops_train_py_with_a_suggestion_and_no_traceback(tmp_path):
+    proc = run_train(["reg.lamda=3", f"hydra.run.dir={tmp_path}/run"], tmp_path, check=False)
+    assert proc.returncode == 1 and "did you mean reg.lambd?" in proc.stderr and "Traceback" not in proc.stderr
+    assert "+reg.lamda" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_a_reg_file_without_a_schema_is_rejected(make_cfg, tmp_path):

@@ -105,7 +105,7 @@ class VectorizedLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         pending = []
         for job in jobs:
-            previous = completed_result(job.out_dir, job.task_cfg.trainer.epochs)
+            previous = completed_result(job.out_dir, job.task_cfg)
             if previous is not None:
                 log.info("\t#%d : %s (already completed, skipped)", job.idx, " ".join(filter_overrides(job.overrides)))
                 returns[job.idx] = self.finish_job(job, final_metric(previous, job.task_cfg.optimize_metric))

@@ -9,8 +9,11 @@ from typing import Any
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
 
 @dataclass
@@ -29,6 +32,29 @@ ConfigStore.instance().store(
     node={"defaults": ["optuna", "_self_"], "_target_": "hydra_plugins.regularization_sweeper.optuna_seeds.SeedAveragingOptunaSweeper"},
     provider="regularization",
 )
+
+
+def name_jobs_by_swept_keys(config: DictConfig) -> None:
+    """Name a sweep's jobs by the keys it varies: a key given one value on the command line (``trainer.epochs=5``,
+    ``+experiment=dropout``) joins override_dirname's exclude_keys, so the dirs, summary rows, TensorBoard runs and
+    HParams trials all read ``reg.lambd=3,seed=1``. The keys that vary: the command line's sweeps, a search's params,
+    and the seed when a search averages over seeds. A sweep that varies nothing keeps its full names.
+
+    Set as a hydra override of the master config: every launcher composes its jobs with those (joblib's and
+    submitit's workers too), and each job's .hydra/hydra.yaml records it for summarize.py.
+    """
+    task = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = {o.key_or_group for o in task if o.is_sweep_override()} | set(config.hydra.sweeper.get("params") or {})
+    if config.get("optimize_seeds", 1) != 1:
+        swept.add("seed")
+    constant = [o.key_or_group for o in task if o.key_or_group not in swept and not o.is_delete()]
+    excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
+    if not swept or not set(constant) - set(excluded):
+        return
+    excluded += sorted(set(constant) - set(excluded))
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.job.config.override_dirname.exclude_keys = excluded
+        config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{','.join(excluded)}]")
 
 
 class ComposedSweepLoader:
@@ -74,6 +100,7 @@ class ValidatingSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_launcher.compose import SweepComposer
 
+        name_jobs_by_swept_keys(config)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if getattr(self.launcher, "preflights_every_job", False):
             return  # the launcher composes and checks every job itself, before any trains

@@ -29,8 +29,10 @@ class SeedAveragingOptunaSweeper(OptunaSweeper):
     """The Optuna sweeper with its launcher wrapped: each trial runs as ``optimize_seeds`` jobs, one per seed."""
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra_plugins.regularization_sweeper import name_jobs_by_swept_keys
         from regularization.config import ConfigError
 
+        name_jobs_by_swept_keys(config)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         seeds = config.get("optimize_seeds", 1)
         if not isinstance(seeds, int) or seeds < 1:
