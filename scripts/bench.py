@@ -13,7 +13,9 @@
 (g) the harness epoch with trainer.compile=true against eager, after warm-up, and the compile time;
 (h) the bf16-mixed epoch's FLOP rate as a share of a large bf16 GEMM's, timed here;
 (s) start-up: `python train.py -m reg.lambd=0,3` (what `make run` runs) as a whole process against
-    `python -c "import torch"`, 5 of each in turns (medians); the least any torch program can take.
+    `python -c "import torch"`, 5 of each in turns (medians); the least any torch program can take. Beside it,
+    the floor of a program that trains with torch.optim: `import torch` plus one optimizer (its first
+    construction imports torch._dynamo), against the same baseline.
 
 For (a) and (c) it also reports the floor: the matmul FLOPs at the sgemm rate, the least time any code can take.
 Both sweeps run through train.py's Hydra app in this process, with the same torch thread count; the basic
@@ -238,17 +240,32 @@ def process_time(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+# torch.optim's first optimizer imports torch._dynamo (Optimizer.__init__ is wrapped in torch._disable_dynamo, which
+# imports it on its first call): the least any torch program that trains with torch.optim takes.
+OPTIMIZER_FLOOR = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
+
+
 def startup_ratio(repeats: int = 5) -> dict:
     """`python train.py -m reg.lambd=0,3` (into a fresh sweep dir each time) against `python -c "import torch"`,
-    in turns, so that both see the same load; medians of `repeats` each."""
-    times: dict[str, list[float]] = {"make_run": [], "import_torch": []}
+    and the optimizer floor (``OPTIMIZER_FLOOR``) against the same, in turns, so that all see the same load;
+    medians of `repeats` each."""
+    times: dict[str, list[float]] = {"make_run": [], "import_torch": [], "optimizer_floor": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
             times["import_torch"].append(process_time([sys.executable, "-c", "import torch"]))
+            times["optimizer_floor"].append(process_time([sys.executable, "-c", OPTIMIZER_FLOOR]))
             sweep = ["train.py", "-m", "reg.lambd=0,3", f"hydra.sweep.dir={Path(tmp) / str(i)}", "trainer.progress=false"]
             times["make_run"].append(process_time([sys.executable, *sweep]))
-    make_run, import_torch = statistics.median(times["make_run"]), statistics.median(times["import_torch"])
-    return {"make_run_s": make_run, "import_torch_s": import_torch, "ratio": make_run / import_torch, "target": "<= 2.0", "times_s": times}
+    make_run, import_torch, floor = (statistics.median(times[k]) for k in ("make_run", "import_torch", "optimizer_floor"))
+    return {
+        "make_run_s": make_run,
+        "import_torch_s": import_torch,
+        "ratio": make_run / import_torch,
+        "optimizer_floor_s": floor,
+        "floor_ratio": floor / import_torch,
+        "target": "<= 2.0",
+        "times_s": times,
+    }
 
 
 def machine_name(device: torch.device) -> str:

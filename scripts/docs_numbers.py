@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,48 @@ def dropout_recipe(opts: argparse.Namespace) -> str:
     return head + table(["preset", "test accuracy", "test loss"], rows)
 
 
+def mlp_comparison(opts: argparse.Namespace) -> str:
+    """The three-way comparison on the dropout chapter's MLP: no regularizer, L2 (reg_on_model/mlp_l2's λ), dropout."""
+    epochs, seeds = (1, "0") if opts.fast else (10, "0,1,2")
+    regs = ("none", "l2", "dropout_scratch")
+    args = ["+experiment=dropout", f"reg={','.join(regs)}", f"seed={seeds}", f"trainer.epochs={epochs}", f"data.root={opts.data_root}"]
+    jobs = sweep(args, opts.workdir)
+    rows = []
+    for reg in regs:
+        js = [j for j in jobs if j["overrides"]["reg"] == reg]
+        rows.append(
+            [
+                reg,
+                mean_range([j["test_acc"] for j in js], ".4f"),
+                mean_range([j["best_test_acc"] for j in js], ".4f"),
+                format(statistics.mean(j["train_loss"] for j in js), ".3f"),
+                format(statistics.mean(j["test_loss"] for j in js), ".3f"),
+            ]
+        )
+    command = "python train.py -m +experiment=dropout reg=none,l2,dropout_scratch seed=0,1,2"
+    head = f"`{command}`: mean over {len(seeds.split(','))} seeds (min–max), {epochs} epochs. {machine()}.\n\n"
+    return head + table(["reg", "final test accuracy", "best-epoch test accuracy", "train loss", "test loss"], rows)
+
+
+FIGURES = {  # docs/figures/<name>.png: the summary.png of these sweeps
+    "mlp_2x2x2_summary": ["reg.penalty=l2", "reg.lambd=0,0.001", "reg.dropout1=0,0.5", "reg.dropout2=0,0.5", "seed=0,1"],
+    "dropout_4x4_summary": ["reg.dropout1=0,0.2,0.5,0.8", "reg.dropout2=0,0.2,0.5,0.8"],
+}
+
+
+def figures(opts: argparse.Namespace) -> str:
+    """The two sweep figures of docs/outputs.md, redrawn from fresh sweeps (vectorized), with their commands."""
+    epochs = 1 if opts.fast else 10
+    lines = []
+    for name, keys in FIGURES.items():
+        args = ["+experiment=dropout", *keys, f"trainer.epochs={epochs}", "hydra/launcher=vectorized", f"data.root={opts.data_root}"]
+        out, _ = run_sweep(args, opts.workdir)
+        shutil.copyfile(out / "summary.png", opts.root / "docs" / "figures" / f"{name}.png")
+        command = f"python train.py -m +experiment=dropout {' '.join(keys)} hydra/launcher=vectorized"
+        lines.append(f"- `{name}.png`: `{command}` ({epochs} epochs)")
+    return f"Drawn by `scripts/docs_numbers.py --only figures`, {machine()}:\n\n" + "\n".join(lines)
+
+
 # (phase, pattern of the profiled function: file suffix and name); cumulative times, so phases overlap
 PHASES = [
     ("all imports", ("<frozen importlib._bootstrap>", "_find_and_load")),
@@ -191,9 +234,31 @@ def speed(opts: argparse.Namespace) -> str:
         d = r["d_matmul_share"]
         measured = f"{d['epoch_gflops']:.0f} / {d['sgemm_gflops']:.0f} GFLOP/s = {d['share']:.0%}"
         rows.append(["(d) epoch FLOP rate / sgemm", measured, d["target"]])
+    if "e_bf16_epoch" in r:
+        e = r["e_bf16_epoch"]
+        measured = f"{e['bf16_mixed_s']:.3g} s / {e['fp32_s']:.3g} s = {e['ratio']:.2f}"
+        rows.append(["(e) MLP epoch, bf16-mixed / fp32", measured, e["target"]])
+    if "f_bf16_dropout_sweep" in r:
+        f = r["f_bf16_dropout_sweep"]
+        label = f"(f) dropout sweep, {f['jobs']} jobs × {f['epochs']} epochs: basic fp32 / vectorized bf16-mixed"
+        measured = f"{f['basic_fp32_s']:.3g} s / {f['vectorized_bf16_s']:.3g} s = {f['speedup_vs_basic_fp32']:.2f}×"
+        rows.append([label, measured, f["target"]])
+        measured = f"{f['vectorized_fp32_s']:.3g} s / {f['vectorized_bf16_s']:.3g} s = {f['speedup_vs_vectorized_fp32']:.2f}×"
+        rows.append(["(f) the same, vectorized fp32 / vectorized bf16-mixed", measured, "—"])
+    if "g_compile_epoch" in r:
+        g = r["g_compile_epoch"]
+        measured = f"{g['compiled_s']:.3g} s / {g['eager_s']:.3g} s = {g['ratio']:.2f}; compiling: {g['compile_s']:.0f} s"
+        rows.append(["(g) MLP epoch after warm-up, compiled / eager", measured, "—"])
+    if "h_bf16_matmul_share" in r:
+        h = r["h_bf16_matmul_share"]
+        measured = f"{h['epoch_gflops']:.0f} / {h['bf16_gemm_gflops']:.0f} GFLOP/s = {h['share']:.0%}"
+        rows.append(["(h) bf16-mixed epoch FLOP rate / bf16 GEMM", measured, "—"])
     s = r["s_startup"]
     label = "(s) `train.py -m reg.lambd=0,3` / `import torch`, whole processes"
     rows.append([label, f"{s['make_run_s']:.2f} s / {s['import_torch_s']:.2f} s = {s['ratio']:.2f}×", s["target"]])
+    if "optimizer_floor_s" in s:
+        label = "(s) floor: `import torch` + one `torch.optim.SGD` / `import torch`"
+        rows.append([label, f"{s['optimizer_floor_s']:.2f} s / {s['import_torch_s']:.2f} s = {s['floor_ratio']:.2f}×", "—"])
     load = report["load_average_before_after"]
     head = (
         f"{report['machine']}, {report['device']}, torch {report['torch']}, {report['threads']} threads, "
@@ -210,6 +275,8 @@ SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "dropout-recipe": ("docs/dropout-guidance.md", dropout_recipe),
     "speed": ("docs/speed.md", speed),
     "startup-profile": ("docs/speed.md", startup_profile),
+    "mlp-comparison": ("docs/study.md", mlp_comparison),
+    "figures": ("docs/outputs.md", figures),
 }
 
 

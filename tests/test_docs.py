@@ -91,7 +91,10 @@ FAKE_BENCH = {
     "threads": 2,
     "date": "2026-11-28",
     "load_average_before_after": [[0.5, 0.5, 0.5], [0.7, 0.6, 0.5]],
-    "results": {"s_startup": {"make_run_s": 3.21, "import_torch_s": 1.6, "ratio": 2.00625, "target": "<= 2.0"}},
+    "results": {
+        "e_bf16_epoch": {"fp32_s": 2.0, "bf16_mixed_s": 1.5, "ratio": 0.75, "target": "<= 0.6"},
+        "s_startup": {"make_run_s": 3.21, "import_torch_s": 1.6, "ratio": 2.00625, "target": "<= 2.0"},
+    },
 }
 
 
@@ -100,24 +103,27 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
     """The fast mode of scripts/docs_numbers.py, into a copy: every marked table is rewritten with what the
     runs gave, and nothing outside the markers changes."""
     copy = tmp_path / "copy"
-    (copy / "docs").mkdir(parents=True)
+    (copy / "docs" / "figures").mkdir(parents=True)
     shutil.copy(ROOT / "README.md", copy / "README.md")
     for page in (ROOT / "docs").glob("*.md"):
         shutil.copy(page, copy / "docs" / page.name)
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(FAKE_BENCH))
     args = ["--fast", "--root", str(copy), "--data-root", str(tiny_fashion_root), "--bench-json", str(bench)]
-    # five short train.py processes: about half a minute on an idle 2-core machine, far more on a busy one
+    # eight short train.py processes: under a minute on an idle 2-core machine, far more on a busy one
     subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_numbers.py"), *args], check=True, timeout=1800)
     before = {p.relative_to(copy): MARKER.findall((ROOT / p.relative_to(copy)).read_text()) for p in copy.rglob("*.md")}
     after = {p.relative_to(copy): MARKER.findall(p.read_text()) for p in copy.rglob("*.md")}
     written = {name: body for blocks in after.values() for name, body in blocks}
-    assert set(written) == {"make-run", "fidelity-weight-decay", "fidelity-dropout", "dropout-recipe", "speed", "startup-profile"}
+    sections = {"make-run", "fidelity-weight-decay", "fidelity-dropout", "dropout-recipe", "speed", "startup-profile", "mlp-comparison", "figures"}
+    assert set(written) == sections
     assert all(len(after[f]) == len(before[f]) for f in before)
     assert "reg.lambd=3" in written["make-run"] and "completed" in written["make-run"]
     assert "after 3 epochs" in written["fidelity-weight-decay"] and "| 3 | weight_decay |" in written["fidelity-weight-decay"]
     assert "| dropout_builtin |" in written["fidelity-dropout"] and "| dropout_recipe |" in written["dropout-recipe"]
-    assert "3.21 s / 1.60 s = 2.01×" in written["speed"]
+    assert "3.21 s / 1.60 s = 2.01×" in written["speed"] and "1.5 s / 2 s = 0.75" in written["speed"]
+    assert all(f"| {reg} |" in written["mlp-comparison"] for reg in ("none", "l2", "dropout_scratch"))
+    assert {p.name for p in (copy / "docs" / "figures").iterdir()} == {"mlp_2x2x2_summary.png", "dropout_4x4_summary.png"}
     assert "torchvision imported: no" in written["startup-profile"]
     for f in before:  # outside the markers, the files are as they were
         assert MARKER.sub("", (copy / f).read_text()) == MARKER.sub("", (ROOT / f).read_text())

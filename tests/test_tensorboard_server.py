@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_train
 
-RUNS = {"reg.lambd=0,trainer.epochs=5": 0.0, "reg.lambd=3,trainer.epochs=5": 3.0}  # override_dirname -> λ
+RUNS = {"reg.lambd=0": 0.0, "reg.lambd=3": 3.0}  # run name (the swept key) -> λ
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 

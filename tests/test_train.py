@@ -74,8 +74,8 @@ def test_weight_decay_fidelity(tmp_path, impl):
     sweep = tmp_path / "sweep"
     run_train(["-m", "reg.lambd=0,3", "seed=0,1,2,3,4", f"reg.impl={impl}", f"hydra.sweep.dir={sweep}"], tmp_path)
     for seed in range(5):
-        free = metrics(sweep / f"reg.impl={impl},reg.lambd=0,seed={seed}")
-        decayed = metrics(sweep / f"reg.impl={impl},reg.lambd=3,seed={seed}")
+        free = metrics(sweep / f"reg.lambd=0,seed={seed}")
+        decayed = metrics(sweep / f"reg.lambd=3,seed={seed}")
         assert 10 <= free["weight_l2_norm"] <= 17 and free["test_loss"] > 10
         assert 0.25 <= decayed["weight_l2_norm"] <= 0.6 and decayed["test_loss"] < 1
         assert decayed["train_loss"] > free["train_loss"]

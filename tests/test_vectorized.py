@@ -284,11 +284,11 @@ def test_members_diverge_on_a_non_finite_evaluation_too(make_cfg, tiny_fashion_r
 
 @pytest.mark.slow
 def test_dropout_members_agree_with_single_runs_on_fashion_mnist(make_cfg):
-    """The chapter's MLP and dropout on the real data, 5 seeds, 3 epochs: the stacked members' mean test accuracy
+    """The chapter's MLP and dropout on the real data, 5 seeds, 2 epochs: the stacked members' mean test accuracy
     agrees with single runs' within three standard errors of the difference (wrong mask scaling or a rate applied
     to the wrong member moves it by several points)."""
     root = real_data_root()
-    members = [["+experiment=dropout", f"data.root={root}", "trainer.epochs=3", f"seed={s}"] for s in range(5)]
+    members = [["+experiment=dropout", f"data.root={root}", "trainer.epochs=2", f"seed={s}"] for s in range(5)]
     got = [r["test_acc"] for r in stacked(make_cfg, members)]
     alone = [single(make_cfg, m)["test_acc"] for m in members]
     stderr = math.sqrt(statistics.variance(got) / len(got) + statistics.variance(alone) / len(alone))
