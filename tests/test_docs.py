@@ -115,7 +115,16 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
     before = {p.relative_to(copy): MARKER.findall((ROOT / p.relative_to(copy)).read_text()) for p in copy.rglob("*.md")}
     after = {p.relative_to(copy): MARKER.findall(p.read_text()) for p in copy.rglob("*.md")}
     written = {name: body for blocks in after.values() for name, body in blocks}
-    sections = {"make-run", "fidelity-weight-decay", "fidelity-dropout", "dropout-recipe", "speed", "startup-profile", "mlp-comparison", "figures"}
+    sections = {
+        "make-run",
+        "fidelity-weight-decay",
+        "fidelity-dropout",
+        "dropout-recipe",
+        "speed",
+        "startup-profile",
+        "mlp-comparison",
+        "figures",
+    }
     assert set(written) == sections
     assert all(len(after[f]) == len(before[f]) for f in before)
     assert "reg.lambd=3" in written["make-run"] and "completed" in written["make-run"]

@@ -45,7 +45,11 @@ def dropout_tiny(root: Path) -> list[str]:
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, tiny_fashion_root, case):
     """At every precision a CPU can train in (trainer.precision=16-mixed is CUDA only)."""
     args = WEIGHT_DECAY_ADAM if case == "weight_decay_adam" else dropout_tiny(tiny_fashion_root)
-    shorter = {"weight_decay_adam": ["trainer.epochs=600"], "dropout_mlp": [], "dropout_mlp_bf16": ["trainer.epochs=60", "trainer.precision=bf16-mixed"]}
+    shorter = {
+        "weight_decay_adam": ["trainer.epochs=600"],
+        "dropout_mlp": [],
+        "dropout_mlp_bf16": ["trainer.epochs=60", "trainer.precision=bf16-mixed"],
+    }
     if shorter[case]:  # the suite's time: still far more epochs than the kill needs
         args = [a for a in args if not a.startswith("trainer.epochs=")] + shorter[case]
     run_train([*args, f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path)
