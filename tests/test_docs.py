@@ -33,6 +33,13 @@ def test_every_relative_link_points_to_a_file(doc):
     assert not missing, f"{doc.name} links to missing files: {missing}"
 
 
+def test_the_readme_opens_with_the_two_set_up_commands_and_stays_short():
+    text = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```sh\n(.*?)```", text, re.DOTALL)[1]
+    assert [line.split("#")[0].strip() for line in first_block.splitlines()] == ["make run", "make test"]
+    assert len(text) <= 12_000, f"README.md has {len(text)} characters; depth belongs in docs/"
+
+
 def readme_commands() -> list[list[str]]:
     """The arguments of every ``train.py`` command line in the README's shell blocks."""
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
