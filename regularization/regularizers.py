@@ -53,9 +53,10 @@ def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
         return torch.zeros_like(X)
     if p == 0:
         return X
-    keep = torch.rand_like(X) > p
-    # Each unit times 0 or 1/(1−p): one pass over X (and its gradient), not two. The mask in X's dtype: under
-    # bf16-mixed an fp32 mask would promote the activations to fp32, and the next matmul would cast them back.
+    # The uniforms in fp32 whatever X's dtype: the same masks at every precision, and on CPU bf16 uniforms are
+    # slower to draw. The mask itself in X's dtype: under bf16-mixed an fp32 mask would promote the activations
+    # to fp32, and the next matmul would cast them back. Each unit times 0 or 1/(1−p): one pass over X.
+    keep = torch.rand(X.shape, device=X.device) > p
     return X * (keep / (1 - p)).to(X.dtype)
 
 
