@@ -150,6 +150,47 @@ def mlp_comparison(opts: argparse.Namespace) -> str:
     return head + table(["reg", "final test accuracy", "best-epoch test accuracy", "train loss", "test loss"], rows)
 
 
+def precision_dropout(opts: argparse.Namespace) -> str:
+    """The dropout chapter at fp32 and at bf16-mixed over seeds, each precision's seeds one vectorized group."""
+    epochs, seeds = (1, "0,1") if opts.fast else (10, "0,1,2,3,4")
+    precisions = "trainer.precision=32,bf16-mixed"
+    args = ["+experiment=dropout", "hydra/launcher=vectorized", f"seed={seeds}", precisions, f"trainer.epochs={epochs}"]
+    jobs = sweep([*args, f"data.root={opts.data_root}"], opts.workdir)
+    rows, means = [], {}
+    for precision in ("32", "bf16-mixed"):
+        accs = [j["test_acc"] for j in jobs if j["overrides"]["trainer.precision"] == precision]
+        means[precision] = statistics.mean(accs)
+        spread = f"{means[precision]:.4f} ± {statistics.stdev(accs):.4f}"
+        loss = statistics.mean(j["train_loss"] for j in jobs if j["overrides"]["trainer.precision"] == precision)
+        rows.append([precision, ", ".join(f"{a:.4f}" for a in accs), spread, f"{loss:.3f}"])
+    gap = abs(means["32"] - means["bf16-mixed"])
+    head = f"`python train.py -m {' '.join(args)}`, {epochs} epochs. {machine()}.\n\n"
+    tail = f"\n\nThe mean test accuracies differ by {gap:.4f} (asked: within 0.01)."
+    return head + table(["precision", f"test accuracy, seeds {seeds}", "mean ± std", "train loss (mean)"], rows) + tail
+
+
+def precision_weight_decay(opts: argparse.Namespace) -> str:
+    """The weight-decay chapter at fp32 and at bf16-mixed: ‖w‖ and the losses at λ = 0 and 3."""
+    epochs, seeds = (3, "0,1") if opts.fast else (100, "0,1,2,3,4")
+    args = ["+experiment=weight_decay", "hydra/launcher=vectorized", "reg.lambd=0,3", f"seed={seeds}", "trainer.precision=32,bf16-mixed"]
+    jobs = sweep([*args, f"trainer.epochs={epochs}"], opts.workdir)
+    rows = []
+    for lambd in ("0", "3"):
+        for precision in ("32", "bf16-mixed"):
+            js = [j for j in jobs if j["overrides"]["reg.lambd"] == lambd and j["overrides"]["trainer.precision"] == precision]
+            rows.append(
+                [
+                    lambd,
+                    precision,
+                    mean_range([j["weight_l2_norm"] for j in js], ".4g"),
+                    mean_range([j["test_loss"] for j in js], ".4g"),
+                    format(statistics.mean(j["train_loss"] for j in js), ".2g"),
+                ]
+            )
+    head = f"`python train.py -m {' '.join(args)}`: mean over {len(seeds.split(','))} seeds (min–max), {epochs} epochs. {machine()}.\n\n"
+    return head + table(["λ", "precision", "‖w‖", "test loss", "train loss"], rows)
+
+
 FIGURES = {  # docs/figures/<name>.png: the summary.png of these sweeps
     "mlp_2x2x2_summary": ["reg.penalty=l2", "reg.lambd=0,0.001", "reg.dropout1=0,0.5", "reg.dropout2=0,0.5", "seed=0,1"],
     "dropout_4x4_summary": ["reg.dropout1=0,0.2,0.5,0.8", "reg.dropout2=0,0.2,0.5,0.8"],
@@ -276,6 +317,8 @@ SECTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
     "speed": ("docs/speed.md", speed),
     "startup-profile": ("docs/speed.md", startup_profile),
     "mlp-comparison": ("docs/study.md", mlp_comparison),
+    "precision-dropout": ("docs/precision.md", precision_dropout),
+    "precision-weight-decay": ("docs/precision.md", precision_weight_decay),
     "figures": ("docs/outputs.md", figures),
 }
 

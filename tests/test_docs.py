@@ -131,6 +131,8 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
         "startup-profile",
         "mlp-comparison",
         "figures",
+        "precision-dropout",
+        "precision-weight-decay",
     }
     assert set(written) == sections
     assert all(len(after[f]) == len(before[f]) for f in before)
@@ -139,6 +141,7 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
     assert "| dropout_builtin |" in written["fidelity-dropout"] and "| dropout_recipe |" in written["dropout-recipe"]
     assert "3.21 s / 1.60 s = 2.01×" in written["speed"] and "1.5 s / 2 s = 0.75" in written["speed"]
     assert all(f"| {reg} |" in written["mlp-comparison"] for reg in ("none", "l2", "dropout_scratch"))
+    assert "| bf16-mixed |" in written["precision-dropout"] and "| 3 | bf16-mixed |" in written["precision-weight-decay"]
     assert {p.name for p in (copy / "docs" / "figures").iterdir()} == {"mlp_2x2x2_summary.png", "dropout_4x4_summary.png"}
     assert "torchvision imported: no" in written["startup-profile"]
     for f in before:  # outside the markers, the files are as they were
