@@ -70,8 +70,8 @@ def seed_everything(seed: int) -> None:
 def set_deterministic(on: bool) -> None:
     """torch's deterministic algorithms, for bitwise-repeatable GPU runs. cuBLAS's fixed workspace, which they need,
     is set when the package is imported (``gpu.use_deterministic_workspace``) and checked by ``preflight``.
-    Switching them on or off imports torch._inductor (1.4 s, most of a short run's start-up), so an unchanged
-    "off" is left alone; "on" is always set, so that an inductor config imported since then follows it."""
+    Switching them on or off imports torch._inductor, which a run that never compiles needs for nothing else, so
+    an unchanged "off" is left alone; "on" is always set, so that an inductor config imported since follows it."""
     if on or torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(on)
 
