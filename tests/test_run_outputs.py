@@ -248,6 +248,28 @@ def test_one_name_per_job_in_dirs_summary_tensorboard_and_settings(tmp_path):
     assert float(rows[0]["sparsity"]) >= 0  # every run reports it, L2 too
 
 
+@pytest.mark.parametrize(
+    ("task", "params", "seeds", "added"),
+    [
+        (["reg.lambd=0,3", "trainer.epochs=5", "+experiment=weight_decay"], {}, 1, ["experiment", "trainer.epochs"]),
+        (["reg.lambd=0,3", "trainer.precision=bf16-mixed", "trainer.compile=true"], {}, 1, []),  # always named when set
+        (["trainer.epochs=5", "seed=0"], {"reg.lambd": "interval(0, 1)"}, 1, ["seed", "trainer.epochs"]),  # a search
+        (["trainer.epochs=5", "seed=0"], {"reg.lambd": "interval(0, 1)"}, 3, ["trainer.epochs"]),  # its seeds vary
+        (["trainer.epochs=5"], {}, 1, []),  # nothing varies: the full name
+    ],
+)
+def test_a_sweep_names_its_jobs_by_the_keys_it_varies(task, params, seeds, added):
+    from hydra_plugins.regularization_sweeper import name_jobs_by_swept_keys
+
+    hydra = {"overrides": {"task": task, "hydra": []}, "sweeper": {"params": params}}
+    hydra["job"] = {"config": {"override_dirname": {"exclude_keys": ["device"]}}}
+    config = OmegaConf.create({"optimize_seeds": seeds, "hydra": hydra})
+    name_jobs_by_swept_keys(config)
+    assert list(config.hydra.job.config.override_dirname.exclude_keys) == ["device", *added]
+    expected = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(['device', *added])}]"] if added else []
+    assert list(config.hydra.overrides.hydra) == expected  # how every launcher's composition gets it
+
+
 def test_a_completed_job_of_another_experiment_is_not_skipped_as_done(make_cfg, tmp_path):
     """Job names leave out a sweep's constant keys, so a sweep dir reused with other constants finds dirs of the
     same name: a completed job there is skipped only if it ran the same experiment, else the run stops and says so."""

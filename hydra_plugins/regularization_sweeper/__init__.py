@@ -14,6 +14,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+# Keys that name a job whenever they are set, swept or not: they change every number the run gives.
+ALWAYS_NAMED = ("trainer.precision", "trainer.compile")
 
 
 @dataclass
@@ -38,7 +40,8 @@ def name_jobs_by_swept_keys(config: DictConfig) -> None:
     """Name a sweep's jobs by the keys it varies: a key given one value on the command line (``trainer.epochs=5``,
     ``+experiment=dropout``) joins override_dirname's exclude_keys, so the dirs, summary rows, TensorBoard runs and
     HParams trials all read ``reg.lambd=3,seed=1``. The keys that vary: the command line's sweeps, a search's params,
-    and the seed when a search averages over seeds. A sweep that varies nothing keeps its full names.
+    and the seed when a search averages over seeds. A sweep that varies nothing keeps its full names, and the
+    ``ALWAYS_NAMED`` keys stay in the names when set.
 
     Set as a hydra override of the master config: every launcher composes its jobs with those (joblib's and
     submitit's workers too), and each job's .hydra/hydra.yaml records it for summarize.py.
@@ -47,7 +50,7 @@ def name_jobs_by_swept_keys(config: DictConfig) -> None:
     swept = {o.key_or_group for o in task if o.is_sweep_override()} | set(config.hydra.sweeper.get("params") or {})
     if config.get("optimize_seeds", 1) != 1:
         swept.add("seed")
-    constant = [o.key_or_group for o in task if o.key_or_group not in swept and not o.is_delete()]
+    constant = [o.key_or_group for o in task if o.key_or_group not in swept | set(ALWAYS_NAMED) and not o.is_delete()]
     excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
     if not swept or not set(constant) - set(excluded):
         return
