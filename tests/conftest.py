@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import gzip
 import os
 import shutil
@@ -101,19 +102,24 @@ def slurm_missing() -> str | None:
     if not os.environ.get("SLURM_CONF"):
         return 'SLURM_CONF is not set (eval "$(scripts/slurm_local.sh start)")'
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    if sinfo.returncode != 0 or not {"idle", "mix", "alloc", "comp"} & set(sinfo.stdout.split()):
+    # Up: idle, partly or fully allocated, completing, or planned (the backfill scheduler has reserved it for a
+    # pending job, as an earlier test's job can leave it for a moment).
+    if sinfo.returncode != 0 or not {"idle", "mix", "alloc", "comp", "plnd"} & set(sinfo.stdout.split()):
         return f"no node up in the cluster of {os.environ['SLURM_CONF']}: {(sinfo.stderr or sinfo.stdout).strip()}"
     return None
 
 
 @pytest.fixture
-def slurm_cluster() -> None:
-    """A SLURM cluster to submit to; skips without one, or fails when REQUIRE_SLURM=1."""
+def slurm_cluster() -> Iterator[None]:
+    """A SLURM cluster to submit to; skips without one, or fails when REQUIRE_SLURM=1. The test's jobs still in the
+    queue when it ends (a requeued or a cancelled group's, say) are cancelled then: none outlives its test."""
     missing = slurm_missing()
     if missing is not None:
         if os.environ.get("REQUIRE_SLURM") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
+    yield
+    subprocess.run(["scancel", "--user", getpass.getuser()], capture_output=True)
 
 
 def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
