@@ -283,12 +283,15 @@ def check_command_line(args: list[str], conf_dir: Path) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parsed = get_args_parser().parse_known_args(args)[0]
     try:
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_known_args(args)[0].overrides)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except HydraException:
         return  # a malformed override: Hydra's own message says what is wrong with it
     known = known_keys()
-    dirs = [conf_dir] + [Path(p.removeprefix("file://")) for o in overrides if o.key_or_group == "hydra.searchpath" for p in o.value()]
+    # Where preset files are found: conf/, --config-dir, and the file:// entries of hydra.searchpath.
+    dirs = [conf_dir, *([Path(parsed.config_dir)] if parsed.config_dir else [])]
+    dirs += [Path(p.removeprefix("file://")) for o in overrides if o.key_or_group == "hydra.searchpath" for p in o.value()]
     for override in overrides:
         key = override.key_or_group
         if override.is_hydra_override() or override.is_delete() or "/" in key or "@" in key:

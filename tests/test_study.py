@@ -48,9 +48,10 @@ def test_an_unknown_key_in_an_experiment_file_is_rejected(make_cfg, tmp_path):
     with pytest.raises(HydraException) as err:  # Hydra's composition refuses it
         validate(make_cfg(searchpath, "+experiment=mine"))
     assert "lamda" in f"{err.value} {err.value.__cause__}"
-    with pytest.raises(ConfigError) as err:  # and train.py, before Hydra, names the file and the closest key
-        check_command_line(["+experiment=mine", searchpath], CONF)
-    assert "reg.lamda: no such key in any schema (set in" in str(err.value) and "did you mean reg.lambd?" in str(err.value)
+    for where in ([searchpath], ["--config-dir", str(tmp_path / "extra")]):  # train.py, before Hydra, names the file
+        with pytest.raises(ConfigError) as err:
+            check_command_line(["+experiment=mine", *where], CONF)
+        assert "reg.lamda: no such key in any schema (set in" in str(err.value) and "did you mean reg.lambd?" in str(err.value)
 
 
 @pytest.mark.parametrize(
