@@ -82,28 +82,27 @@ def make_run(opts: argparse.Namespace) -> str:
     return f"```\n{chr(10).join(rows)}\n```\n\n({machine()}; `wall_s` is each job's training time.)"
 
 
+def weight_decay_rows(jobs: list[dict], key: str, values: tuple[str, ...], fmt: str) -> list[list[str]]:
+    """One row per λ ∈ {0, 3} and value of key: λ, the value, ‖w‖ and the test loss (mean and range over the
+    seeds, in fmt), and the mean train loss."""
+    rows = []
+    for lambd in ("0", "3"):
+        for value in values:
+            js = [j for j in jobs if j["overrides"]["reg.lambd"] == lambd and j["overrides"][key] == value]
+            norm, test = (mean_range([j[m] for j in js], fmt) for m in ("weight_l2_norm", "test_loss"))
+            rows.append([lambd, value, norm, test, format(statistics.mean(j["train_loss"] for j in js), ".2g")])
+    return rows
+
+
 def fidelity_weight_decay(opts: argparse.Namespace) -> str:
     """λ = 0 against λ = 3, both implementations of the L2 penalty, over seeds."""
     seeds, epochs = ("0,1", 3) if opts.fast else ("0,1,2,3,4", 100)
     args = ["reg.lambd=0,3", "reg.impl=penalty,weight_decay", f"seed={seeds}", f"trainer.epochs={epochs}"]
-    jobs = sweep(args, opts.workdir)
-    rows = []
-    for lambd in ("0", "3"):
-        for impl in ("penalty", "weight_decay"):
-            js = [j for j in jobs if j["overrides"]["reg.lambd"] == lambd and j["overrides"]["reg.impl"] == impl]
-            rows.append(
-                [
-                    lambd,
-                    impl,
-                    mean_range([j["weight_l2_norm"] for j in js], ".3g"),
-                    format(statistics.mean(j["train_loss"] for j in js), ".2g"),
-                    mean_range([j["test_loss"] for j in js], ".3g"),
-                ]
-            )
+    rows = weight_decay_rows(sweep(args, opts.workdir), "reg.impl", ("penalty", "weight_decay"), ".3g")
     n = len(seeds.split(","))
     command = f"python train.py -m {' '.join(args)}"
     head = f"`{command}`: mean over {n} seeds (min–max), after {epochs} epochs. {machine()}.\n\n"
-    return head + table(["λ", "reg.impl", "‖w‖", "train loss", "test loss"], rows)
+    return head + table(["λ", "reg.impl", "‖w‖", "test loss", "train loss"], rows)
 
 
 def fidelity_dropout(opts: argparse.Namespace) -> str:
@@ -173,20 +172,7 @@ def precision_weight_decay(opts: argparse.Namespace) -> str:
     """The weight-decay chapter at fp32 and at bf16-mixed: ‖w‖ and the losses at λ = 0 and 3."""
     epochs, seeds = (3, "0,1") if opts.fast else (100, "0,1,2,3,4")
     args = ["+experiment=weight_decay", "hydra/launcher=vectorized", "reg.lambd=0,3", f"seed={seeds}", "trainer.precision=32,bf16-mixed"]
-    jobs = sweep([*args, f"trainer.epochs={epochs}"], opts.workdir)
-    rows = []
-    for lambd in ("0", "3"):
-        for precision in ("32", "bf16-mixed"):
-            js = [j for j in jobs if j["overrides"]["reg.lambd"] == lambd and j["overrides"]["trainer.precision"] == precision]
-            rows.append(
-                [
-                    lambd,
-                    precision,
-                    mean_range([j["weight_l2_norm"] for j in js], ".4g"),
-                    mean_range([j["test_loss"] for j in js], ".4g"),
-                    format(statistics.mean(j["train_loss"] for j in js), ".2g"),
-                ]
-            )
+    rows = weight_decay_rows(sweep([*args, f"trainer.epochs={epochs}"], opts.workdir), "trainer.precision", ("32", "bf16-mixed"), ".4g")
     head = f"`python train.py -m {' '.join(args)}`: mean over {len(seeds.split(','))} seeds (min–max), {epochs} epochs. {machine()}.\n\n"
     return head + table(["λ", "precision", "‖w‖", "test loss", "train loss"], rows)
 
