@@ -376,7 +376,8 @@ def completed_result(out_dir: Path, cfg: DictConfig) -> dict | None:
         return None
     if previous.get("status") != "completed" or previous.get("epochs") != cfg.trainer.epochs:
         return None
-    if previous.get("experiment_id", experiment_id(cfg)) != experiment_id(cfg):  # no id: written before ids were kept
+    ours = experiment_id(cfg)
+    if previous.get("experiment_id", ours) != ours:  # no id: written before ids were kept
         if (out_dir / CHECKPOINT).exists():
             load_checkpoint(out_dir / CHECKPOINT, cfg)  # raises, naming the keys that differ
         raise ConfigError(f"Invalid config: {out_dir} holds a completed run of another experiment. {REMEDY}")

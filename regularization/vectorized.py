@@ -98,8 +98,8 @@ def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True, gene
 
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
-    keep = torch.rand(H.shape, generator=generator, device=H.device) >= bcast(p, H)  # fp32 uniforms: see dropout_layer
-    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see engine's dropout_layer
+    keep = torch.rand(H.shape, generator=generator, device=H.device) >= bcast(p, H)  # fp32 uniforms: see regularizers.dropout_layer
+    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see regularizers.dropout_layer
 
 
 class StackedNet:

@@ -235,6 +235,12 @@ def startup_profile(opts: argparse.Namespace) -> str:
     return head + table(["phase", "calls", "cumulative", "share"], rows)
 
 
+def seconds_ratio(num: float, den: float, ratio: float, ratio_spec: str = ".2f", time_spec: str = ".3g") -> str:
+    """A bench row's cell, ``num s / den s = ratio``; a ratio_spec ending in × (".2f×") prints the sign."""
+    sign = "×" if ratio_spec.endswith("×") else ""
+    return f"{num:{time_spec}} s / {den:{time_spec}} s = {ratio:{ratio_spec.rstrip('×')}}{sign}"
+
+
 def speed(opts: argparse.Namespace) -> str:
     """scripts/bench.py's rows: a given bench JSON, else a fresh full run (--fast: row (s) alone)."""
     path = opts.bench_json
@@ -247,34 +253,31 @@ def speed(opts: argparse.Namespace) -> str:
     rows = []
     if "a_epoch" in r:
         a = r["a_epoch"]
-        measured = f"{a['harness_s']:.3g} s / {a['chapter_s']:.3g} s = {a['ratio']:.2f}"
-        rows.append(["(a) MLP epoch, harness / chapter pipeline", measured, a["target"]])
+        rows.append(["(a) MLP epoch, harness / chapter pipeline", seconds_ratio(a["harness_s"], a["chapter_s"], a["ratio"]), a["target"]])
     if "b_lambda_sweep" in r:
         b = r["b_lambda_sweep"]
         label = f"(b) λ sweep, {b['jobs']} values, basic / vectorized"
-        rows.append([label, f"{b['basic_s']:.3g} s / {b['vectorized_s']:.3g} s = {b['speedup']:.1f}×", b["target"]])
+        rows.append([label, seconds_ratio(b["basic_s"], b["vectorized_s"], b["speedup"], ".1f×"), b["target"]])
     if "c_dropout_sweep" in r:
         c = r["c_dropout_sweep"]
         label = f"(c) dropout sweep, {c['jobs']} jobs × {c['epochs']} epochs, basic / vectorized"
-        rows.append([label, f"{c['basic_s']:.3g} s / {c['vectorized_s']:.3g} s = {c['speedup']:.2f}×", c["target"]])
+        rows.append([label, seconds_ratio(c["basic_s"], c["vectorized_s"], c["speedup"], ".2f×"), c["target"]])
     if "d_matmul_share" in r:
         d = r["d_matmul_share"]
         measured = f"{d['epoch_gflops']:.0f} / {d['sgemm_gflops']:.0f} GFLOP/s = {d['share']:.0%}"
         rows.append(["(d) epoch FLOP rate / sgemm", measured, d["target"]])
     if "e_bf16_epoch" in r:
         e = r["e_bf16_epoch"]
-        measured = f"{e['bf16_mixed_s']:.3g} s / {e['fp32_s']:.3g} s = {e['ratio']:.2f}"
-        rows.append(["(e) MLP epoch, bf16-mixed / fp32", measured, e["target"]])
+        rows.append(["(e) MLP epoch, bf16-mixed / fp32", seconds_ratio(e["bf16_mixed_s"], e["fp32_s"], e["ratio"]), e["target"]])
     if "f_bf16_dropout_sweep" in r:
         f = r["f_bf16_dropout_sweep"]
         label = f"(f) dropout sweep, {f['jobs']} jobs × {f['epochs']} epochs: basic fp32 / vectorized bf16-mixed"
-        measured = f"{f['basic_fp32_s']:.3g} s / {f['vectorized_bf16_s']:.3g} s = {f['speedup_vs_basic_fp32']:.2f}×"
-        rows.append([label, measured, f["target"]])
-        measured = f"{f['vectorized_fp32_s']:.3g} s / {f['vectorized_bf16_s']:.3g} s = {f['speedup_vs_vectorized_fp32']:.2f}×"
+        rows.append([label, seconds_ratio(f["basic_fp32_s"], f["vectorized_bf16_s"], f["speedup_vs_basic_fp32"], ".2f×"), f["target"]])
+        measured = seconds_ratio(f["vectorized_fp32_s"], f["vectorized_bf16_s"], f["speedup_vs_vectorized_fp32"], ".2f×")
         rows.append(["(f) the same, vectorized fp32 / vectorized bf16-mixed", measured, "—"])
     if "g_compile_epoch" in r:
         g = r["g_compile_epoch"]
-        measured = f"{g['compiled_s']:.3g} s / {g['eager_s']:.3g} s = {g['ratio']:.2f}; compiling: {g['compile_s']:.0f} s"
+        measured = f"{seconds_ratio(g['compiled_s'], g['eager_s'], g['ratio'])}; compiling: {g['compile_s']:.0f} s"
         rows.append(["(g) MLP epoch after warm-up, compiled / eager", measured, "—"])
     if "h_bf16_matmul_share" in r:
         h = r["h_bf16_matmul_share"]
@@ -282,10 +285,10 @@ def speed(opts: argparse.Namespace) -> str:
         rows.append(["(h) bf16-mixed epoch FLOP rate / bf16 GEMM", measured, "—"])
     s = r["s_startup"]
     label = "(s) `train.py -m reg.lambd=0,3` / `import torch`, whole processes"
-    rows.append([label, f"{s['make_run_s']:.2f} s / {s['import_torch_s']:.2f} s = {s['ratio']:.2f}×", s["target"]])
+    rows.append([label, seconds_ratio(s["make_run_s"], s["import_torch_s"], s["ratio"], ".2f×", ".2f"), s["target"]])
     if "optimizer_floor_s" in s:
         label = "(s) floor: `import torch` + one `torch.optim.SGD` / `import torch`"
-        rows.append([label, f"{s['optimizer_floor_s']:.2f} s / {s['import_torch_s']:.2f} s = {s['floor_ratio']:.2f}×", "—"])
+        rows.append([label, seconds_ratio(s["optimizer_floor_s"], s["import_torch_s"], s["floor_ratio"], ".2f×", ".2f"), "—"])
     load = report["load_average_before_after"]
     head = (
         f"{report['machine']}, {report['device']}, torch {report['torch']}, {report['threads']} threads, "

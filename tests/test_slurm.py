@@ -79,7 +79,6 @@ def test_slurm_job_requeued_mid_training_resumes_bitwise(tmp_path: Path, monkeyp
     sweep = tmp_path / "sweep"
     proc = Run(["-m", *LONG_WD, "hydra/launcher=slurm", *CPU_JOB, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job"], tmp_path)
     straight = tmp_path / "straight"
-    (tmp_path / "alone").mkdir()
     uninterrupted = Run([*LONG_WD, f"hydra.run.dir={straight}"], tmp_path / "alone")  # meanwhile, on the other core
     wait_for_checkpoint(sweep / "job", proc)
     (job_id,) = slurm_jobs(sweep)
@@ -98,7 +97,6 @@ def test_vectorized_slurm_groups_preempted_or_cancelled(tmp_path: Path) -> None:
     and requeues it) and resumes from its group checkpoint: its members end bit for bit as in the in-process
     vectorized launcher. Group 1 is cancelled: its members are failed, the sweep still writes its summary, exits 1."""
     args = ["-m", "reg.lambd=0,1,2,3", "trainer.epochs=4000", "trainer.eval_every=50", "hydra.launcher.max_members=2"]
-    (tmp_path / "in_process").mkdir()
     straight = Run([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'straight'}"], tmp_path / "in_process")
     sweep = tmp_path / "sweep"
     proc = Run([*args, "hydra/launcher=vectorized_slurm", *CPU_JOB, f"hydra.sweep.dir={sweep}"], tmp_path)
