@@ -296,7 +296,7 @@ def check_command_line(args: list[str], conf_dir: Path) -> None:
         key = override.key_or_group
         if override.is_hydra_override() or override.is_delete() or "/" in key or "@" in key:
             continue
-        if (conf_dir / key).is_dir():  # a group: check the preset files it chooses
+        if any((d / key).is_dir() for d in dirs):  # a group (in conf/ or a user's config dir): check its chosen files
             names = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
             for path in (d / key / f"{name}.yaml" for d in dirs for name in names if isinstance(name, str)):
                 if path.is_file():

@@ -54,6 +54,14 @@ def test_an_unknown_key_in_an_experiment_file_is_rejected(make_cfg, tmp_path):
         assert "reg.lamda: no such key in any schema (set in" in str(err.value) and "did you mean reg.lambd?" in str(err.value)
 
 
+def test_a_group_of_ones_own_config_dir_is_a_group_not_an_unknown_key(tmp_path):
+    searchpath = _config_dir(tmp_path, "mine", "ok", "# @package _global_\ntrainer:\n  epochs: 3\n")
+    check_command_line(["+mine=ok", searchpath], CONF)
+    (tmp_path / "extra" / "mine" / "bad.yaml").write_text("# @package _global_\ntrainer:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"trainer.epoch: no such key .*did you mean trainer.epochs\?"):
+        check_command_line(["mine=bad", searchpath], CONF)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
