@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import getpass
 import gzip
 import os
@@ -135,6 +136,20 @@ def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None =
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def the_sweep_dir(cwd: Path, n_jobs: int) -> Path:
+    """The one dir that ``train.py -m`` run in cwd without hydra.sweep.dir leaves under outputs/multirun (the default
+    ``${now:...}_${pid:}``, resolved once for every job, whatever process runs it), with its n_jobs job dirs and a
+    summary.csv listing every one of them."""
+    sweeps = sorted(p.name for p in (cwd / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1, f"one sweep dir expected in {cwd}/outputs/multirun, found {sweeps}"
+    sweep = cwd / "outputs" / "multirun" / sweeps[0]
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert len(jobs) == n_jobs, jobs
+    with open(sweep / "summary.csv") as f:
+        assert sorted(row["job"] for row in csv.DictReader(f)) == jobs
+    return sweep
 
 
 class Run(subprocess.Popen):
