@@ -88,7 +88,7 @@ def tiny_fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def real_data_root() -> Path:
     """data/ with the real Fashion-MNIST; skips without it, or fails when REQUIRE_FASHION_MNIST=1."""
     if not (REAL_DATA / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        message = f"Fashion-MNIST not in {REAL_DATA}/FashionMNIST/raw (run `make data`)"
+        message = f"Fashion-MNIST not in {REAL_DATA}/FashionMNIST/raw (`make data`, or `make test-all`)"
         if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -101,7 +101,7 @@ def slurm_missing() -> str | None:
     if shutil.which("sbatch") is None:
         return "sbatch is not on PATH (apt-get install slurm-wlm munge)"
     if not os.environ.get("SLURM_CONF"):
-        return 'SLURM_CONF is not set (eval "$(scripts/slurm_local.sh start)")'
+        return 'SLURM_CONF is not set (`make test-all` runs the suite on a local cluster, as root)'
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     # Up: idle, partly or fully allocated, completing, or planned (the backfill scheduler has reserved it for a
     # pending job, as an earlier test's job can leave it for a moment).
