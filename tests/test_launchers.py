@@ -21,6 +21,7 @@ from regularization.engine import run
 from regularization.parallel import concurrent_jobs, gpu_for_job, job_device, launcher_threads, set_job_threads, threads_per_job
 from regularization.summary import collect, collect_jobs
 from tests.conftest import ROOT, compose_config, run_train, the_sweep_dir
+from tests.test_summary import run_summarize_script
 
 TINY = ["trainer.epochs=3"]
 
@@ -184,7 +185,7 @@ def basic_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, launcher: str) -> None:
+def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, launcher: str, monkeypatch: pytest.MonkeyPatch) -> None:
     parallel = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     sweep_dir = _sweep(tmp_path, launcher, f"hydra/launcher={launcher}", *parallel)
     expected = _artifacts(basic_sweep)
@@ -193,6 +194,9 @@ def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, l
     assert _artifacts(sweep_dir) == expected  # CPU, same seeds: the same numbers to the last bit
     assert _summary(sweep_dir) == _summary(basic_sweep)
     assert len(_summary(sweep_dir)) == 2  # two jobs
+    (sweep_dir / "summary.csv").unlink()
+    assert run_summarize_script(monkeypatch, str(sweep_dir)) == 0  # scripts/summarize.py on the sweep's one dir
+    assert _summary(sweep_dir) == _summary(basic_sweep)
 
 
 @pytest.mark.slow
