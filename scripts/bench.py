@@ -12,6 +12,11 @@
     launchers at fp32;
 (g) the harness epoch with trainer.compile=true against eager, after warm-up, and the compile time;
 (h) the bf16-mixed epoch's FLOP rate as a share of a large bf16 GEMM's, timed here;
+(i) the issue's λ sweep (λ = 0 and 63 values log-spaced 1e-3..10, 100 epochs), vectorized with every artifact,
+    against scripts/func_ensemble.py (a torch.func ensemble: no artifacts), whole processes and in-process, in turns,
+    3 times each (medians); the ensemble's final ‖w‖ and test loss against ours (the same models: within 1e-4);
+(j) the 4×4 dropout grid of (c), vectorized against the torch.func ensemble, at fp32 and at bf16-mixed, once each;
+(k) the per-job overhead: (t(1024-λ sweep) − t(64-λ sweep)) / 960, whole processes, vectorized, in turns;
 (s) start-up: `python train.py -m reg.lambd=0,3` (what `make run` runs) as a whole process against
     `python -c "import torch"`, 5 of each in turns (medians); the least any torch program can take. Beside it,
     the floor of a program that trains with torch.optim: `import torch` plus one optimizer (its first
@@ -23,7 +28,7 @@ launcher's jobs do what a user's do (preflight, per-epoch checkpoints, event fil
 ``--profile`` prints where the fp32 and the bf16-mixed epoch spend their time (torch.profiler, top ops).
 
 Prints a table and writes outputs/bench/bench-<time>.json.
-Run: python scripts/bench.py [--quick] [--threads N] [--rows a,b,...] [--profile], or python scripts/bench.py --startup
+Run: python scripts/bench.py [--quick] [--threads N] [--rows a,b,...,k,s] [--profile], or python scripts/bench.py --startup
 for row (s) alone.
 """
 
@@ -31,15 +36,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
+import json
 import os
 import platform
+import runpy
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -63,6 +72,7 @@ from regularization.models import build_model  # noqa: E402
 from regularization.step import Step  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench"
+ENSEMBLE = runpy.run_path(str(ROOT / "scripts" / "func_ensemble.py"), run_name="func_ensemble")  # its λ values
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
@@ -292,7 +302,7 @@ def write_report(device: torch.device, rows: dict[str, dict], quick: bool, load_
     write_json_atomic(path, report)
     print(f"device {device} ({machine}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name, row in rows.items():
-        cells = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "times_s")
+        cells = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if not k.endswith("times_s"))
         print(f"{name:16s} " + "  ".join(cells))
     print(f"wrote {path}")
     return path
@@ -303,125 +313,280 @@ def run_dropout_sweep(name: str, args: list[str]) -> float:
     return run_sweep([*args, f"hydra.sweep.dir={OUT / 'sweeps' / f'{name}-{stamp}'}"])
 
 
+# (i), (j), (k) The vectorized launcher against a torch.func ensemble (scripts/func_ensemble.py), and per job.
+def lambda_args(n: int) -> list[str]:
+    """The weight-decay sweep of the issue: λ = 0 and n − 1 values log-spaced from 1e-3 to 10, 100 epochs."""
+    return ["+experiment=weight_decay", f"reg.lambd={','.join(ENSEMBLE['lambdas'](n))}"]
+
+
+def train_process(args: list[str]) -> float:
+    """Wall time of `python train.py -m ARGS` as a fresh process, into a fresh sweep dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return process_time([sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={tmp}"])
+
+
+def ensemble_process(args: list[str]) -> tuple[float, dict]:
+    """Wall time of `python scripts/func_ensemble.py ARGS` as a fresh process, and what it printed."""
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "func_ensemble.py"), *args], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return time.perf_counter() - start, json.loads(out.stdout)
+
+
+def sweep_results(sweep_dir: Path, key: str, values: list[str]) -> list[dict]:
+    return [json.loads((sweep_dir / f"{key}={v}" / "metrics.json").read_text()) for v in values]
+
+
+def max_rel_diff(ensemble: dict, ours: list[dict], keys: tuple[str, ...] = ("weight_l2_norm", "test_loss")) -> float:
+    """The largest relative difference between the ensemble's and our final values (the same models: ≤ 1e-4)."""
+    return max(abs(e - r[k]) / abs(r[k]) for k in keys for e, r in zip(ensemble[k], ours, strict=True))
+
+
+def against_ensemble(name: str, ours_args: list[str], ensemble_args: list[str], repeats: int) -> dict[str, list]:
+    """Ours (vectorized) and the ensemble, in turns: each as a whole process, ours also in this process (its
+    sweep dir kept, for the agreement check), the ensemble's in-process time as it reports it."""
+    times: dict[str, list] = {"ours_process": [], "ensemble_process": [], "ours_inproc": [], "ensemble_inproc": [], "dirs": []}
+    for _ in range(repeats):
+        times["ours_process"].append(train_process(ours_args))
+        elapsed, result = ensemble_process(ensemble_args)
+        times["ensemble_process"].append(elapsed)
+        times["ensemble_inproc"].append(result["run_s"])
+        sweep_dir = OUT / "sweeps" / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+        times["ours_inproc"].append(run_sweep([*ours_args, f"hydra.sweep.dir={sweep_dir}"]))
+        times["dirs"].append(sweep_dir)
+    times["ensemble_result"] = [result]
+    return times
+
+
+def ensemble_row(t: dict[str, list], **extra: object) -> dict:
+    """Medians of ``against_ensemble``'s times and their ratios (ours / the ensemble: ≤ 1 is the target)."""
+    med = {k: statistics.median(t[k]) for k in ("ours_process", "ensemble_process", "ours_inproc", "ensemble_inproc")}
+    return {
+        **extra,
+        "ours_process_s": med["ours_process"],
+        "ensemble_process_s": med["ensemble_process"],
+        "process_ratio": med["ours_process"] / med["ensemble_process"],
+        "ours_inproc_s": med["ours_inproc"],
+        "ensemble_inproc_s": med["ensemble_inproc"],
+        "inproc_ratio": med["ours_inproc"] / med["ensemble_inproc"],
+        "target": "process_ratio <= 1",
+        "times_s": {k: t[k] for k in med},
+    }
+
+
+@dataclass
+class Bench:
+    """What the rows share: the device, the repeats, and the measurements that two rows read (each taken once)."""
+
+    device: torch.device
+    quick: bool
+    repeats: int
+    peak_before: float
+
+    @functools.cached_property
+    def peak(self) -> float:
+        """The sgemm rate, timed again when first needed: the better of two, on a machine others may load."""
+        return max(self.peak_before, sgemm_flops(self.device))
+
+    @functools.cached_property
+    def epochs(self) -> tuple[float, float]:
+        """(a), (d): the chapter's epoch and the harness's."""
+        chapter = median_time(chapter_epoch_fn(self.device), self.repeats, device=self.device)
+        harness = median_time(harness_epoch_fn(self.device), 3 * self.repeats, device=self.device)  # short: more repeats
+        return chapter, harness
+
+    @functools.cached_property
+    def dropout(self) -> tuple[list[str], int, int]:
+        """(c), (f), (j): the dropout grid's overrides, its jobs and its epochs."""
+        rates, epochs = ("0,0.5", 1) if self.quick else ("0,0.2,0.5,0.8", 2)
+        args = ["+experiment=dropout", f"reg.dropout1={rates}", f"reg.dropout2={rates}", f"trainer.epochs={epochs}"]
+        return args, len(rates.split(",")) ** 2, epochs
+
+    @functools.cached_property
+    def dropout_sweeps(self) -> tuple[float, float, dict[str, list[float]]]:
+        """(c), (f): the grid on the basic and the vectorized launcher, once each (a minute a launcher)."""
+        return sweep_ratio("dropout", self.dropout[0])
+
+    @functools.cached_property
+    def precision(self) -> dict[str, float]:
+        """(e), (h): the harness epoch at fp32 and bf16-mixed."""
+        return precision_epochs(self.device, 3 * self.repeats)
+
+
+def row_a(b: Bench) -> dict:
+    """One MLP epoch: the harness against the chapter's pipeline, and the floor (its matmuls at the sgemm rate)."""
+    chapter, harness = b.epochs
+    floor = mlp_epoch_flops() / b.peak  # above the target × chapter, no implementation could reach the target here
+    return {
+        "chapter_s": chapter,
+        "harness_s": harness,
+        "ratio": harness / chapter,
+        "floor_s": floor,
+        "floor_ratio": floor / chapter,
+        "target": "<= 0.35",
+    }
+
+
+def row_b(b: Bench) -> dict:
+    """A λ sweep, range(0, 10, 10/n): the basic launcher against the vectorized one, in this process."""
+    n = 16 if b.quick else 64
+    basic, vectorized, times = sweep_ratio("lambda", ["+experiment=weight_decay", f"reg.lambd=range(0,10,{10 / n})"], b.repeats)
+    return {"jobs": n, "basic_s": basic, "vectorized_s": vectorized, "speedup": basic / vectorized, "target": ">= 20", "times_s": times}
+
+
+def row_c(b: Bench) -> dict:
+    """The dropout grid: basic against vectorized, and the floor: every job's training and per-epoch evaluation at
+    the sgemm rate, the least time any launcher can take."""
+    (basic, vectorized, times), (_, jobs, epochs) = b.dropout_sweeps, b.dropout
+    floor = jobs * epochs * (mlp_epoch_flops() + mlp_eval_flops()) / b.peak
+    return {
+        "jobs": jobs,
+        "epochs": epochs,
+        "basic_s": basic,
+        "vectorized_s": vectorized,
+        "speedup": basic / vectorized,
+        "floor_s": floor,
+        "max_speedup": basic / floor,
+        "target": ">= 1.5",
+        "times_s": times,
+    }
+
+
+def row_d(b: Bench) -> dict:
+    """The harness epoch's matmul FLOP rate as a share of the sgemm's."""
+    achieved = mlp_epoch_flops() / b.epochs[1]
+    return {"epoch_gflops": achieved / 1e9, "sgemm_gflops": b.peak / 1e9, "share": achieved / b.peak, "target": ">= 0.65"}
+
+
+def row_e(b: Bench) -> dict:
+    """The harness epoch at bf16-mixed against fp32."""
+    p = b.precision
+    return {"fp32_s": p["32"], "bf16_mixed_s": p["bf16-mixed"], "ratio": p["bf16-mixed"] / p["32"], "target": "<= 0.6"}
+
+
+def row_f(b: Bench) -> dict:
+    """The dropout grid, vectorized at bf16-mixed, against (c)'s basic and vectorized launchers at fp32."""
+    (basic, vectorized, _), (args, jobs, epochs) = b.dropout_sweeps, b.dropout
+    bf16 = run_dropout_sweep("dropout-vectorized-bf16", [*args, "hydra/launcher=vectorized", "trainer.precision=bf16-mixed"])
+    return {
+        "jobs": jobs,
+        "epochs": epochs,
+        "basic_fp32_s": basic,
+        "vectorized_fp32_s": vectorized,
+        "vectorized_bf16_s": bf16,
+        "speedup_vs_basic_fp32": basic / bf16,
+        "speedup_vs_vectorized_fp32": vectorized / bf16,
+        "target": ">= 2 (vs basic fp32)",
+    }
+
+
+def row_g(b: Bench) -> dict:
+    """The harness epoch compiled against eager, after warm-up, and the compile time."""
+    c = compile_epochs(b.device, 3 * b.repeats)
+    return {
+        "eager_s": c["eager"],
+        "compiled_s": c["compiled"],
+        "ratio": c["compiled"] / c["eager"],
+        "first_epoch_s": c["first_s"],
+        "compile_s": c["compile_s"],
+    }
+
+
+def row_h(b: Bench) -> dict:
+    """The bf16-mixed epoch's matmul FLOP rate as a share of a large bf16 GEMM's."""
+    peak = sgemm_flops(b.device, dtype=torch.bfloat16)
+    achieved = mlp_epoch_flops() / b.precision["bf16-mixed"]
+    return {"epoch_gflops": achieved / 1e9, "bf16_gemm_gflops": peak / 1e9, "share": achieved / peak}
+
+
+def row_i(b: Bench) -> dict:
+    """The issue's λ sweep (0 and log-spaced 1e-3..10, 100 epochs), vectorized with every artifact, against the
+    torch.func ensemble; ``max_rel_diff``: the ensemble's final ‖w‖ and test loss against ours (the same models)."""
+    n = 16 if b.quick else 64
+    t = against_ensemble("lambda-ensemble", [*lambda_args(n), "hydra/launcher=vectorized"], ["lambda", "--n", str(n)], b.repeats)
+    ours = sweep_results(t["dirs"][-1], "reg.lambd", ENSEMBLE["lambdas"](n))
+    return ensemble_row(t, jobs=n, max_rel_diff=max_rel_diff(t["ensemble_result"][0], ours))
+
+
+def row_j(b: Bench) -> dict:
+    """The dropout grid of (c), vectorized at fp32 and bf16-mixed, against the torch.func ensemble at the same
+    precision, once each (its masks differ: the mean test accuracies side by side)."""
+    args, jobs, epochs = b.dropout
+    rates = args[1].split("=")[1]
+    row: dict = {"jobs": jobs, "epochs": epochs, "target": "process_ratio <= 1"}
+    for precision, tag in (("32", "fp32"), ("bf16-mixed", "bf16")):
+        t = against_ensemble(
+            f"dropout-ensemble-{precision}",
+            [*args, "hydra/launcher=vectorized", f"trainer.precision={precision}"],
+            ["dropout", "--rates", rates, "--epochs", str(epochs), "--precision", precision],
+            repeats=1,
+        )
+        ours = [json.loads(p.read_text())["test_acc"] for p in t["dirs"][-1].glob("*/metrics.json")]
+        accuracies = {
+            "ours_mean_test_acc": statistics.mean(ours),
+            "ensemble_mean_test_acc": statistics.mean(t["ensemble_result"][0]["test_acc"]),
+        }
+        row |= {f"{tag}_{k}": v for k, v in ensemble_row(t, **accuracies).items() if k != "target"}
+    return row
+
+
+def row_k(b: Bench) -> dict:
+    """Per-job overhead, whole process: (t(1024-λ sweep) − t(64-λ sweep)) / 960, in turns, vectorized."""
+    small, large = (16, 256) if b.quick else (64, 1024)
+    times: dict[str, list[float]] = {str(small): [], str(large): []}
+    for _ in range(b.repeats):
+        for n in (small, large):
+            times[str(n)].append(train_process([*lambda_args(n), "hydra/launcher=vectorized"]))
+    t_small, t_large = statistics.median(times[str(small)]), statistics.median(times[str(large)])
+    return {
+        f"sweep_{small}_s": t_small,
+        f"sweep_{large}_s": t_large,
+        "per_job_ms": 1000 * (t_large - t_small) / (large - small),
+        "large_over_small": t_large / t_small,
+        "target": "per_job_ms < 5, large_over_small <= 3",
+        "times_s": times,
+    }
+
+
+def row_s(b: Bench) -> dict:
+    return startup_ratio()
+
+
+ROWS: dict[str, tuple[str, Callable[[Bench], dict]]] = {
+    "a": ("a_epoch", row_a),
+    "b": ("b_lambda_sweep", row_b),
+    "c": ("c_dropout_sweep", row_c),
+    "d": ("d_matmul_share", row_d),
+    "e": ("e_bf16_epoch", row_e),
+    "f": ("f_bf16_dropout_sweep", row_f),
+    "g": ("g_compile_epoch", row_g),
+    "h": ("h_bf16_matmul_share", row_h),
+    "i": ("i_lambda_vs_ensemble", row_i),
+    "j": ("j_dropout_vs_ensemble", row_j),
+    "k": ("k_per_job_overhead", row_k),
+    "s": ("s_startup", row_s),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sweeps (16 λ values, a 2×2 dropout grid, 1 epoch)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--startup", action="store_true", help="row (s) alone: start-up against import torch")
-    parser.add_argument("--rows", default="abcdefghs", help="the rows to measure, e.g. e,f,g,h (default: all)")
+    parser.add_argument("--rows", default="".join(ROWS), help="the rows to measure, e.g. e,f,g,h (default: all)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of an fp32 and a bf16-mixed epoch")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    repeats = 2 if args.quick else 3
-    wanted = set(args.rows.replace(",", ""))
     load_before = os.getloadavg()  # other processes' load skews every number: recorded with them
-    rows: dict[str, dict] = {}
-    if args.startup:
-        write_report(device, {"s_startup": startup_ratio()}, args.quick, load_before)
-        return
-
-    peak = sgemm_flops(device)
-    if wanted & {"a", "d"}:
-        chapter = median_time(chapter_epoch_fn(device), repeats, device=device)
-        harness = median_time(harness_epoch_fn(device), 3 * repeats, device=device)  # short: more repeats, a steadier median
-
-    if "b" in wanted:
-        n_lambda = 16 if args.quick else 64
-        lambd = f"reg.lambd=range(0,10,{10 / n_lambda})"
-        lambda_basic, lambda_vec, lambda_times = sweep_ratio("lambda", ["+experiment=weight_decay", lambd], repeats)
-
-    rates, epochs = ("0,0.5", 1) if args.quick else ("0,0.2,0.5,0.8", 2)
-    dropout = ["+experiment=dropout", f"reg.dropout1={rates}", f"reg.dropout2={rates}", f"trainer.epochs={epochs}"]
-    jobs = len(rates.split(",")) ** 2
-    if wanted & {"c", "f"}:
-        dropout_basic, dropout_vec, dropout_times = sweep_ratio("dropout", dropout)  # once: a minute a launcher
-    if "f" in wanted:
-        dropout_bf16 = run_dropout_sweep("dropout-vectorized-bf16", [*dropout, "hydra/launcher=vectorized", "trainer.precision=bf16-mixed"])
-    if wanted & {"e", "h"}:
-        precision = precision_epochs(device, 3 * repeats)
-    if "g" in wanted:
-        compiled = compile_epochs(device, 3 * repeats)
-
-    peak = max(peak, sgemm_flops(device))  # timed again: the better of two, on a machine others may load
-    # The floors: the matmul FLOPs at the sgemm rate and nothing else. (a): the epoch's; a floor / chapter
-    # above the target would mean no implementation can reach it here. (c): every job's training and
-    # per-epoch evaluation, the least time any launcher can take.
-    floor_a = mlp_epoch_flops() / peak
-    floor_c = jobs * epochs * (mlp_epoch_flops() + mlp_eval_flops()) / peak
-    if "a" in wanted:
-        rows["a_epoch"] = {
-            "chapter_s": chapter,
-            "harness_s": harness,
-            "ratio": harness / chapter,
-            "floor_s": floor_a,
-            "floor_ratio": floor_a / chapter,
-            "target": "<= 0.35",
-        }
-    if "b" in wanted:
-        rows["b_lambda_sweep"] = {
-            "jobs": n_lambda,
-            "basic_s": lambda_basic,
-            "vectorized_s": lambda_vec,
-            "speedup": lambda_basic / lambda_vec,
-            "target": ">= 20",
-            "times_s": lambda_times,
-        }
-    if "c" in wanted:
-        rows["c_dropout_sweep"] = {
-            "jobs": jobs,
-            "epochs": epochs,
-            "basic_s": dropout_basic,
-            "vectorized_s": dropout_vec,
-            "speedup": dropout_basic / dropout_vec,
-            "floor_s": floor_c,
-            "max_speedup": dropout_basic / floor_c,
-            "target": ">= 1.5",
-            "times_s": dropout_times,
-        }
-    if "d" in wanted:
-        achieved = mlp_epoch_flops() / harness
-        rows["d_matmul_share"] = {"epoch_gflops": achieved / 1e9, "sgemm_gflops": peak / 1e9, "share": achieved / peak, "target": ">= 0.65"}
-    if "e" in wanted:
-        rows["e_bf16_epoch"] = {
-            "fp32_s": precision["32"],
-            "bf16_mixed_s": precision["bf16-mixed"],
-            "ratio": precision["bf16-mixed"] / precision["32"],
-            "target": "<= 0.6",
-        }
-    if "f" in wanted:
-        rows["f_bf16_dropout_sweep"] = {
-            "jobs": jobs,
-            "epochs": epochs,
-            "basic_fp32_s": dropout_basic,
-            "vectorized_fp32_s": dropout_vec,
-            "vectorized_bf16_s": dropout_bf16,
-            "speedup_vs_basic_fp32": dropout_basic / dropout_bf16,
-            "speedup_vs_vectorized_fp32": dropout_vec / dropout_bf16,
-            "target": ">= 2 (vs basic fp32)",
-        }
-    if "g" in wanted:
-        rows["g_compile_epoch"] = {
-            "eager_s": compiled["eager"],
-            "compiled_s": compiled["compiled"],
-            "ratio": compiled["compiled"] / compiled["eager"],
-            "first_epoch_s": compiled["first_s"],
-            "compile_s": compiled["compile_s"],
-        }
-    if "h" in wanted:
-        bf16_peak = sgemm_flops(device, dtype=torch.bfloat16)
-        achieved_bf16 = mlp_epoch_flops() / precision["bf16-mixed"]
-        rows["h_bf16_matmul_share"] = {
-            "epoch_gflops": achieved_bf16 / 1e9,
-            "bf16_gemm_gflops": bf16_peak / 1e9,
-            "share": achieved_bf16 / bf16_peak,
-        }
+    wanted = "s" if args.startup else args.rows.replace(",", "")
+    bench = Bench(device, args.quick, 2 if args.quick else 3, sgemm_flops(device) if wanted != "s" else 0.0)
+    rows = {name: row(bench) for letter, (name, row) in ROWS.items() if letter in wanted}
     if args.profile:
         profile_epochs(device)
-    if "s" in wanted:
-        rows["s_startup"] = startup_ratio()
     write_report(device, rows, args.quick, load_before)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import runpy
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,3 +37,20 @@ def test_eval_flops_are_what_torch_counts_for_a_forward_pass():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         mlp(sizes)(torch.randn(n, sizes[0]))
     assert bench["mlp_eval_flops"](n, sizes) == counter.get_total_flops()
+
+
+def test_the_torch_func_ensemble_trains_the_same_models_as_the_vectorized_launcher(make_cfg):
+    """bench.py's baseline is only fair if it trains our models: the same data, init, batches and objective, so its
+    final ‖w‖ and test loss match a vectorized group's within 1e-4 (fp32, reordered sums only)."""
+    from regularization.vectorized import train_group
+
+    ensemble = runpy.run_path(str(ROOT / "scripts" / "func_ensemble.py"), run_name="func_ensemble")
+    values = ["0", "0.01", "0.5", "3"]
+    theirs = ensemble["lambda_sweep"]([float(v) for v in values], epochs=20)
+    cfgs = [make_cfg("+experiment=weight_decay", f"reg.lambd={v}", "trainer.epochs=20") for v in values]
+    dirs = [Path(c.hydra.runtime.output_dir) for c in cfgs]
+    train_group(cfgs, dirs, torch.device("cpu"))
+    ours = [json.loads((d / "metrics.json").read_text()) for d in dirs]
+    for key in ("weight_l2_norm", "test_loss"):
+        assert theirs[key] == pytest.approx([r[key] for r in ours], rel=1e-4), key
+    assert theirs["weight_l2_norm"][0] > 2 * theirs["weight_l2_norm"][-1]  # λ shrinks ‖w‖: the λ values reached the members
