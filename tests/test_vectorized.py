@@ -209,6 +209,46 @@ def test_derived_configs_equal_composed_ones(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
+    """The launcher writes each job's .hydra files from its base's YAML, converted once, with the job's values put
+    in: the bytes Hydra's run_job writes (its _save_config) from the job's own config, for derived and composed jobs,
+    enums, strings YAML would read as booleans, and the per-job hydra fields."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import _save_config, setup_globals
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
+    from hydra_plugins.regularization_launcher.compose import HydraFiles, SweepComposer
+    from tests.conftest import CONF
+
+    sweep = ["+experiment=weight_decay", "reg.lambd=0,2.5", "model.init=normal,default", "device=yes,cpu"]
+    jobs = [
+        ["+experiment=weight_decay", "reg.lambd=0", "model.init=normal", "device=yes"],
+        ["+experiment=weight_decay", "reg.lambd=2.5", "model.init=default", "device=cpu"],  # derived: an enum, a string
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=1", "model.init=default", "device=off"],  # composed
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=3", "model.init=normal", "device=auto"],  # derived from it
+    ]
+    setup_globals()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        placed = [VectorizedLauncher.place(Job(i, o, *composer.compose_job(o))) for i, o in enumerate(jobs)]
+        assert [bool(job.keys) for job in placed] == [True, True, False, True]
+        for job in placed:
+            want, got = tmp_path / "hydra" / str(job.idx), tmp_path / "ours" / str(job.idx)
+            _save_config(job.task_cfg, "config.yaml", want)  # what hydra.core.utils.run_job writes
+            _save_config(job.hydra_cfg, "hydra.yaml", want)
+            _save_config(job.config.hydra.overrides.task, "overrides.yaml", want)
+            HydraFiles.write(HydraFiles.texts(job.config, job.task_cfg, job.base, job.keys), got)
+            for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+                assert (got / name).read_text() == (want / name).read_text(), (job.overrides, name)
+            assert OmegaConf.load(got / "hydra.yaml").hydra.job.num == job.idx  # the job's own, not its base's
+    GlobalHydra.instance().clear()
+
+
 def test_jobs_of_a_plain_sweep_derive_from_the_master(tmp_path, monkeypatch):
     """The master config, composed with the sweep's own overrides, is the base of every job of a sweep over plain
     keys: none is composed again, and every config equals Hydra's own."""

@@ -24,7 +24,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
-from hydra_plugins.regularization_launcher.compose import SweepComposer, save_config
+from hydra_plugins.regularization_launcher.compose import Base, HydraFiles, SweepComposer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class Job:
     overrides: list[str]
     config: DictConfig
     task_cfg: DictConfig
+    base: Base  # what it was composed or derived from, and the keys its overrides set there (SweepComposer.compose_job)
+    keys: list[str]
     hydra_cfg: DictConfig = field(init=False)
     out_dir: Path = field(init=False)
 
@@ -96,7 +98,7 @@ class VectorizedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         compose = SweepComposer(self.hydra_context.config_loader, self.config)
-        jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose(o))) for i, o in enumerate(job_overrides)]
+        jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose_job(o))) for i, o in enumerate(job_overrides)]
         for job in jobs:  # every job checked before any trains
             try:
                 self.check(job)
@@ -207,9 +209,7 @@ class VectorizedLauncher(Launcher):
             job.out_dir.mkdir(parents=True, exist_ok=True)
             if job.config.hydra.output_subdir is not None:
                 hydra_dir = job.out_dir / str(job.config.hydra.output_subdir)
-                save_config(job.task_cfg, "config.yaml", hydra_dir)
-                save_config(job.hydra_cfg, "hydra.yaml", hydra_dir)
-                save_config(job.config.hydra.overrides.task, "overrides.yaml", hydra_dir)
+                HydraFiles.write(HydraFiles.texts(job.config, job.task_cfg, job.base, job.keys), hydra_dir)
             self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
         finally:
             HydraConfig.instance().cfg = saved
