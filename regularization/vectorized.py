@@ -44,6 +44,7 @@ from regularization.checkpoint import (
     checkpoint_epoch,
     experiment_id,
     generator_state,
+    group_members,
     load_group_checkpoint,
     restore_generator,
     save_group_checkpoint,
@@ -537,7 +538,7 @@ def fit_members(
         for result in results:
             if result["status"] == "completed":
                 result["epochs"] = epochs  # a group resumed to more epochs than it was started with
-    cadence = CheckpointCadence.of(first.trainer)
+    cadence, members = CheckpointCadence.of(first.trainer), group_members(cfgs) if checkpoint is not None else ""
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
@@ -568,7 +569,7 @@ def fit_members(
         if checkpoint is not None and cadence.due(epoch):
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
-            save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
+            save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), members, device)
             cadence.saved()
     for result, history in zip(results, histories, strict=True):
         result |= run_result(history) | {"history": history}
