@@ -14,6 +14,7 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -359,12 +360,28 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     return summarize_sweep(sweep_dir)[0]
 
 
+# A console table longer than this shows its first and last rows: summary.md and summary.csv hold every row.
+CONSOLE_ROWS = 40
+
+
 def console_report(rows: list[dict[str, Any]], stats: list[dict[str, Any]] | None) -> str:
-    """The per-job table, then mean ± std per setting when there are seeds."""
-    text = job_table(rows, markdown=False)
+    """The per-job table, then mean ± std per setting when there are seeds; each cut to ``CONSOLE_ROWS``."""
+    text = _capped(rows, lambda part: job_table(part, markdown=False))
     if stats:
-        text += "\n\nMean ± std over seeds (completed jobs):\n" + mean_std_table(stats, markdown=False)
+        text += "\n\nMean ± std over seeds (completed jobs):\n" + _capped(stats, lambda part: mean_std_table(part, markdown=False))
     return text
+
+
+def _capped(rows: list[dict[str, Any]], table: Callable[[list[dict[str, Any]]], str]) -> str:
+    """table(rows), or, beyond CONSOLE_ROWS rows, the table of the first and last halves with a line between them
+    that says how many rows it leaves out (a 10,000-job sweep would print 10,000 lines)."""
+    if len(rows) <= CONSOLE_ROWS:
+        return table(rows)
+    half = CONSOLE_ROWS // 2
+    lines = table(rows[:half] + rows[-half:]).splitlines()
+    header = len(lines) - 2 * half  # the table's header lines
+    gap = f"... {len(rows) - 2 * half} more rows (summary.md, summary.csv) ..."
+    return "\n".join([*lines[: header + half], gap, *lines[header + half :]])
 
 
 class SweepSummary(Callback):

@@ -334,3 +334,14 @@ def test_a_key_one_job_overrides_is_read_from_every_jobs_config(tmp_path):
     jobs = collect_jobs(tmp_path)
     assert [j.keys["model.init_std"] for j in jobs] == [1.0, 1.0]
     assert sweep_plot_data(jobs).swept == ["reg.lambd"]
+
+
+def test_console_table_of_a_large_sweep_shows_its_first_and_last_rows():
+    """A 10,000-job sweep must not print 10,000 lines: the console shows the first and last rows and says how many
+    it leaves out (summary.md and summary.csv keep every row)."""
+    rows = [{"job": f"reg.lambd={i}", "status": "completed", "test_loss": i / 10} for i in range(1000)]
+    lines = console_report(rows, None).splitlines()
+    assert len(lines) <= 45 and lines[0].startswith("job")
+    assert lines[1].startswith("reg.lambd=0 ") and lines[-1].startswith("reg.lambd=999 ")
+    assert "960 more rows" in "\n".join(lines)
+    assert len(console_report(rows[:40], None).splitlines()) == 41  # a short sweep: every row
