@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import struct
 import tempfile
@@ -23,7 +24,7 @@ from typing import IO, Any
 import google_crc32c
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog, SourceMetadata
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -191,11 +192,25 @@ def saved_hydra_config(job_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path).hydra if path.exists() else None
 
 
+# ``dotted.key=number``, the line of most of a large sweep's jobs (reg.lambd=0.00123), in the subset of Hydra's
+# grammar (OverrideLexer.g4: INT, FLOAT) that needs no parser: no underscores, no inf/nan, no leading zeros.
+_PLAIN_NUMBER = re.compile(
+    r"(?P<key>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)="
+    r"(?:(?P<int>[+-]?(?:0|[1-9][0-9]*))|(?P<float>[+-]?(?:(?:0|[1-9][0-9]*)?\.[0-9]+|(?:0|[1-9][0-9]*)\.?)(?:[eE][+-]?[0-9]+)?))"
+)
+
+
 @functools.lru_cache(maxsize=65536)
 def parse_override(line: str) -> Override:
     """Hydra's parse of one override line, by one parser built once, once per distinct line (a sweep's jobs
-    share most of theirs; building the parser takes longer than parsing a job's overrides)."""
-    return _overrides_parser().parse_overrides([line])[0]
+    share most of theirs; building the parser takes longer than parsing a job's overrides). A key set to a
+    number is built as Hydra's visitor builds it, without the parser: each of a 1,024-λ sweep's lines is
+    distinct, and parsing one took milliseconds."""
+    match = _PLAIN_NUMBER.fullmatch(line)
+    if match is None:
+        return _overrides_parser().parse_overrides([line])[0]
+    value = int(match["int"]) if match["int"] is not None else float(match["float"])
+    return Override(OverrideType.CHANGE, match["key"], ValueType.ELEMENT, value, input_line=line)
 
 
 @functools.cache

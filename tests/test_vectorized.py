@@ -360,3 +360,17 @@ def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs
         assert g["history"][9]["test_loss"] == pytest.approx(a["history"][9]["test_loss"], rel=1e-4)  # the first 10 epochs
     large = [(g["test_loss"], a["test_loss"]) for g, a in zip(got[4:], alone[4:], strict=True)]
     assert statistics.fmean(s for s, _ in large) == pytest.approx(statistics.fmean(a for _, a in large), rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["reg.lambd=0", "reg.lambd=0.00123", "reg.lambd=1e-3", "reg.lambd=-2.5E+3", "seed=12", "a.b_c=3.", "x=.5", "x=-0", "x=+3"]
+    + ["x=007", "x=1_000", "x=inf", "reg=l2", "x=1,2", "+x=1", "x=range(0,3)", "x=1e", "x='1'"],
+)
+def test_override_lines_parse_as_hydra_parses_them(line):
+    """A sweep's `key=number` lines skip Hydra's parser (milliseconds each, and a 1,024-λ sweep has 1,024 distinct
+    lines): the Override is the one the parser gives, its value of the same type."""
+    from regularization.logging import _overrides_parser, parse_override
+
+    want, got = _overrides_parser().parse_overrides([line])[0], parse_override(line)
+    assert got == want and type(got.value()) is type(want.value())
