@@ -338,9 +338,11 @@ def _where(cfg: DictConfig, path: str) -> str:
     return f"{parent}={name}" if isinstance(name, str) else parent
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError, naming the key and what is allowed, for a config that cannot run."""
-    check_keys(cfg)
+def validate(cfg: DictConfig, keys: bool = True) -> None:
+    """Raise ConfigError, naming the key and what is allowed, for a config that cannot run. ``keys=False`` leaves
+    out ``check_keys``, for a view of a job's values whose keys were checked on another job of the same structure."""
+    if keys:
+        check_keys(cfg)
     _validate_reg(cfg)
     _require(cfg.optim.name in OPTIMIZERS, "optim.name", f"got {cfg.optim.name!r}, allowed: {', '.join(OPTIMIZERS)}")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")

@@ -273,9 +273,10 @@ def fit(
     return result
 
 
-def preflight(cfg: DictConfig) -> torch.device:
-    """Everything checked before training: the config's values, the device and the data."""
-    validate(cfg)
+def preflight(cfg: DictConfig, keys: bool = True) -> torch.device:
+    """Everything checked before training: the config's keys (unless ``keys=False``: see ``validate``) and values,
+    the device and the data."""
+    validate(cfg, keys)
     device = resolve_device(job_device(cfg.device))
     check_deterministic_workspace(cfg.trainer.deterministic, device)
     check_precision(cfg.trainer.precision, device)

@@ -374,3 +374,35 @@ def test_override_lines_parse_as_hydra_parses_them(line):
 
     want, got = _overrides_parser().parse_overrides([line])[0], parse_override(line)
     assert got == want and type(got.value()) is type(want.value())
+
+
+def test_a_bad_value_in_a_derived_job_stops_the_vectorized_sweep_with_its_message(tmp_path):
+    """Jobs after the first of a structure are checked on a plain view of their values: a bad one still stops the
+    sweep before anything trains, with the message a job run alone gives, and the job named."""
+    proc = run_train(["-m", "reg.lambd=0,2,-1", "reg.impl=penalty,weight_decay", "hydra/launcher=vectorized"], cwd=tmp_path, check=False)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "Invalid config: reg.lambd: must be >= 0, got -1.0" in err and "job: reg.lambd=-1 reg.impl=penalty\n" in err
+    assert not list(tmp_path.glob("outputs/multirun/*/*/metrics.json"))
+
+
+def test_the_plain_view_of_a_derived_job_holds_its_values(tmp_path):
+    """Base.view: the job's values, enums and all, where the checks read them; None when the config interpolates."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from regularization.config import Init
+    from tests.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["reg.lambd=0,2", f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        _, task, base, keys = composer.compose_job(["reg.lambd=2.5", "model.init=default", "seed=3"])
+        view = base.view(task, keys)
+        assert (view.reg.lambd, view.model.init, view.seed, view.optim.get("momentum")) == (2.5, Init.default, 3, task.optim.momentum)
+        assert "dropout" not in view.reg and view.reg.get("dropout1", 0.1) == 0.1
+    GlobalHydra.instance().clear()

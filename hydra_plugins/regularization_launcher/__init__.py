@@ -99,9 +99,10 @@ class VectorizedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         compose = SweepComposer(self.hydra_context.config_loader, self.config)
         jobs = [self.place(Job(initial_job_idx + i, list(o), *compose.compose_job(o))) for i, o in enumerate(job_overrides)]
+        checked: set[int] = set()  # the bases (by id) of which a job was checked on its own config
         for job in jobs:  # every job checked before any trains
             try:
-                self.check(job)
+                self.check(job, checked)
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(job.overrides)}") from None
         returns: dict[int, JobReturn] = {}
@@ -125,13 +126,27 @@ class VectorizedLauncher(Launcher):
         if self.max_members < 1:
             raise ConfigError(f"Invalid config: hydra.launcher.max_members: must be >= 1, got {self.max_members}")
 
-    def check(self, job: Job) -> None:
-        """``engine.preflight`` for the job (its config, device and data) and what stacking needs of it."""
+    def check(self, job: Job, checked: set[int]) -> None:
+        """``engine.preflight`` for the job (its config, device and data) and what stacking needs of it.
+
+        Jobs of one base share their keys: once one is checked on its config, the others' values are checked on
+        a plain view of them (``Base.view``). Whatever that view fails is checked again on the job's own config,
+        which raises the error a job run alone raises.
+        """
         from regularization.engine import preflight
         from regularization.vectorized import check_vectorizable
 
+        view = job.base.view(job.task_cfg, job.keys) if id(job.base) in checked else None
+        if view is not None:
+            try:
+                preflight(view, keys=False)  # type: ignore[arg-type]
+                check_vectorizable(view)  # type: ignore[arg-type]
+                return
+            except Exception:  # noqa: BLE001 - any failure: the job's own config tells
+                pass
         preflight(job.task_cfg)
         check_vectorizable(job.task_cfg)
+        checked.add(id(job.base))
 
     def plan(self, pending: list[Job]) -> list[list[Job]]:
         """The pending jobs as groups (``vectorized.plan_groups``); a group checkpoint that does not fit its group
