@@ -228,6 +228,7 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
         ["+experiment=weight_decay", "reg.lambd=2.5", "model.init=default", "device=cpu"],  # derived: an enum, a string
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=1", "model.init=default", "device=off"],  # composed
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=3", "model.init=normal", "device=auto"],  # derived from it
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=1e-7", "model.init=normal", "device='a b: c'"],  # a spaced string
     ]
     setup_globals()
     GlobalHydra.instance().clear()
@@ -236,7 +237,7 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
         master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
         composer = SweepComposer(loader, master)
         placed = [VectorizedLauncher.place(Job(i, o, *composer.compose_job(o))) for i, o in enumerate(jobs)]
-        assert [bool(job.keys) for job in placed] == [True, True, False, True]
+        assert [bool(job.keys) for job in placed] == [True, True, False, True, True]
         for job in placed:
             want, got = tmp_path / "hydra" / str(job.idx), tmp_path / "ours" / str(job.idx)
             _save_config(job.task_cfg, "config.yaml", want)  # what hydra.core.utils.run_job writes
