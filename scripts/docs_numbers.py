@@ -283,6 +283,25 @@ def speed(opts: argparse.Namespace) -> str:
         h = r["h_bf16_matmul_share"]
         measured = f"{h['epoch_gflops']:.0f} / {h['bf16_gemm_gflops']:.0f} GFLOP/s = {h['share']:.0%}"
         rows.append(["(h) bf16-mixed epoch FLOP rate / bf16 GEMM", measured, "—"])
+    if "i_lambda_vs_ensemble" in r:
+        i = r["i_lambda_vs_ensemble"]
+        label = f"(i) {i['jobs']}-λ sweep, vectorized / torch.func ensemble, whole processes"
+        rows.append([label, seconds_ratio(i["ours_process_s"], i["ensemble_process_s"], i["process_ratio"]), "<= 1"])
+        measured = seconds_ratio(i["ours_inproc_s"], i["ensemble_inproc_s"], i["inproc_ratio"])
+        rows.append(["(i) the same, in-process", f"{measured}; final ‖w‖, test loss within {i['max_rel_diff']:.1g}", "—"])
+    if "j_dropout_vs_ensemble" in r:
+        j = r["j_dropout_vs_ensemble"]
+        for tag, name in (("fp32", "fp32"), ("bf16", "bf16-mixed")):
+            label = f"(j) dropout grid, {j['jobs']} jobs × {j['epochs']} epochs at {name}, vectorized / ensemble, whole processes"
+            measured = seconds_ratio(j[f"{tag}_ours_process_s"], j[f"{tag}_ensemble_process_s"], j[f"{tag}_process_ratio"])
+            rows.append([label, measured, "<= 1"])
+    if "k_per_job_overhead" in r:
+        k = r["k_per_job_overhead"]
+        small, large = sorted((key for key in k if key.startswith("sweep_")), key=lambda key: int(key.split("_")[1]))
+        n_small, n_large = (int(key.split("_")[1]) for key in (small, large))
+        measured = f"({k[large]:.3g} s − {k[small]:.3g} s) / {n_large - n_small} = {k['per_job_ms']:.1f} ms a job"
+        measured += f"; {n_large} / {n_small}: {k['large_over_small']:.2f}×"
+        rows.append([f"(k) per-job overhead, {n_large}- against {n_small}-λ sweep, whole processes", measured, k["target"]])
     s = r["s_startup"]
     label = "(s) `train.py -m reg.lambd=0,3` / `import torch`, whole processes"
     rows.append([label, seconds_ratio(s["make_run_s"], s["import_torch_s"], s["ratio"], ".2f×", ".2f"), s["target"]])
