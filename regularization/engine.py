@@ -129,7 +129,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         step.backward(data_loss + term if penalty.in_loss else data_loss)
         step.update(optimizer)
-        penalty.after_step(lr)
+        penalty.after_step(step.applied_lr(lr))  # none after a step 16-mixed's scaler skipped
         if max_norm is not None:
             max_norm_linear_(model, max_norm)
         with torch.no_grad():

@@ -38,9 +38,16 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError(f"Invalid config: trainer.precision: got {precision!r}, allowed: {allowed}")
     if precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(f"Invalid config: trainer.precision: 16-mixed needs a CUDA device, not {device}; on CPU use bf16-mixed or 32")
-    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16-mixed" and device.type == "cuda" and not bf16_native(device):
         name = torch.cuda.get_device_name(device)
-        raise ConfigError(f"Invalid config: trainer.precision: {name} has no bf16 support; use 16-mixed or 32")
+        raise ConfigError(f"Invalid config: trainer.precision: {name} has no native bf16 (before Ampere); use 16-mixed or 32")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether the job's GPU computes in bf16 itself. torch.cuda.is_bf16_supported() asks the current GPU, not the
+    job's, and by default counts emulation (GPUs before Ampere), where bf16 runs slower than fp32."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def check_compile(device: torch.device) -> None:
@@ -116,12 +123,20 @@ class Step:
             self.compiling_since = None
 
     def update(self, optimizer: Any) -> None:
-        """optimizer.step(); under 16-mixed the scaler's: gradients unscaled, the step skipped if any is not finite."""
+        """optimizer.step(); under 16-mixed the scaler's: gradients unscaled, the step skipped if any is not finite
+        (``taken`` then holds 0 on the device, 1 after a step taken: read without a host sync)."""
         if self.scaler is None:
             optimizer.step()
             return
         self.scaler.step(optimizer)
+        found_inf = sum(self.scaler._found_inf_per_device(optimizer).values())  # reset by update(): read first
+        self.taken = 1 - found_inf
         self.scaler.update()
+
+    def applied_lr(self, lr: float) -> float | torch.Tensor:
+        """The learning rate the last update applied: 0 where 16-mixed's scaler skipped the step, so that a
+        proximal step after it (l1 ``proximal``'s shrinkage) is skipped too; a tensor on the device, no sync."""
+        return lr if self.scaler is None else lr * self.taken
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the step: the loss scale and its growth tracker under 16-mixed."""
