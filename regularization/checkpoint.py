@@ -46,7 +46,10 @@ RESUMABLE_KEYS = (
 
 
 # Experiment keys added to the schema after checkpoints were first written, with the value every run had before.
-ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False}
+ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False, ("trainer", "matmul_precision"): "highest"}
+# Of those, the keys a fingerprint leaves out at that value: added after experiment ids were kept in metrics.json, so
+# that a job completed before the key existed is still recognised as the same experiment.
+UNFINGERPRINTED_DEFAULTS = {("trainer", "matmul_precision"): "highest"}
 
 
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
@@ -57,7 +60,11 @@ def experiment_config(cfg: DictConfig) -> dict[str, Any]:
 def experiment_id(cfg: DictConfig) -> str:
     """A short fingerprint of the experiment config, kept in metrics.json: a sweep rerun into the same dir skips a
     completed job only if the job there ran the same experiment (job names leave out the sweep's constant keys)."""
-    return hashlib.sha1(json.dumps(experiment_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    config = experiment_config(cfg)
+    for (group, key), default in UNFINGERPRINTED_DEFAULTS.items():
+        if config.get(group, {}).get(key) == default:
+            del config[group][key]
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class CheckpointCadence:

@@ -96,3 +96,15 @@ def release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.is_initialized() and not several_gpus_training.is_set():
         with contextlib.suppress(RuntimeError):  # a context broken by a sticky error (being reported) frees nothing
             torch.cuda.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the job's (or group's) peak GPU memory; nothing on a CPU job."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device, key: str) -> dict[str, int]:
+    """``{key: bytes}``: the most GPU memory the job's tensors held at once since ``reset_peak_memory`` (PyTorch's
+    allocator; the cache it keeps beyond that and the CUDA context are not counted); empty on a CPU job."""
+    return {key: torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}

@@ -50,6 +50,14 @@ def bf16_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def set_matmul_precision(name: str) -> None:
+    """``trainer.matmul_precision`` for this process's fp32 matmuls (torch.set_float32_matmul_precision): highest
+    keeps fp32; high lets Ampere and later GPUs use TF32 tensor cores. A process-wide setting, as
+    trainer.deterministic is: the vectorized launcher never trains groups that differ in it at the same time."""
+    if torch.get_float32_matmul_precision() != name:
+        torch.set_float32_matmul_precision(name)
+
+
 def check_compile(device: torch.device) -> None:
     """ConfigError, naming trainer.compile, when torch.compile cannot run here: an unsupported Python or platform,
     or no compiler for its backend (a C++ compiler for CPU code, Triton and a C compiler for CUDA code)."""
