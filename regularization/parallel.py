@@ -24,6 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from regularization.config import ConfigError
 from regularization.gpu import StickyCudaError, release_cached_memory, several_gpus_training
 from regularization.logging import log
 
@@ -74,6 +75,20 @@ def group_devices(names: list[str], n_gpus: int) -> list[str]:
     take cuda:(g mod N) in turn (g counts those groups), as joblib's jobs take GPU k mod N; the others stay."""
     auto = iter(range(len(names)))
     return [gpu_for_job(next(auto), n_gpus) if name == "auto" else name for name in names]
+
+
+def check_compile_threads(devices: list[torch.device], compiled: list[bool]) -> None:
+    """ConfigError, naming trainer.compile, for compiled groups that would train on several GPUs in threads of one
+    process: the CUDA-graph trees of mode reduce-overhead share one process-wide step counter
+    (``torch.compiler.cudagraph_mark_step_begin``), so one thread's step could free the outputs another thread's
+    backward still needs. A process per GPU is the safe way: vectorized_local gives each group its own."""
+    gpus = {d for d in devices if d.type == "cuda"}
+    if len(gpus) > 1 and any(c for d, c in zip(devices, compiled, strict=True) if d.type == "cuda"):
+        raise ConfigError(
+            f"Invalid config: trainer.compile: true under hydra/launcher=vectorized on {len(gpus)} GPUs would share CUDA graphs "
+            "between the GPUs' threads; use hydra/launcher=vectorized_local (a process per group), one GPU (device=cuda:0), "
+            "or trainer.compile=false"
+        )
 
 
 def run_per_device(tasks: list[tuple[torch.device, Callable[[], None]]], stop: threading.Event) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from regularization.config import ConfigError
+from regularization.logging import log
 
 PRECISIONS = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # The C compilers Triton (torch.compile's CUDA backend) builds its kernel launchers with, in its order of search.
@@ -100,7 +101,14 @@ class Step:
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         self.compiled = compile
         self.fn: Loss = forward_loss
+        self.eager = forward_loss
         if compile:
+            # A job's (or group's) step compiles afresh: the graphs of the process's earlier jobs, guarded on their
+            # models (and their dropout rates), would otherwise count towards dynamo's recompile limit, and from
+            # the 9th job on the step would run eagerly. And past the limit, dynamo raises rather than fall back
+            # in silence (``loss`` says so and runs eagerly).
+            torch._dynamo.reset()
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
             self.fn = torch.compile(forward_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
         self.compile_s = 0.0
         self.seen: set[tuple[int, ...]] = set()
@@ -120,7 +128,17 @@ class Step:
             if self.device.type == "cuda":  # a new step: the CUDA graphs may reuse the last step's buffers
                 torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
-            return self.fn(X, y)
+            try:
+                return self.fn(X, y)
+            except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+                return self.eagerly(X, y, err)
+
+    def eagerly(self, X: torch.Tensor, y: torch.Tensor, err: Exception) -> torch.Tensor:
+        """The step uncompiled from here on, said in the log (and compile_s stops counting)."""
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("trainer.compile: torch.compile reached its recompile limit (%s); the training step runs eagerly from here", first_line)
+        self.fn, self.compiled, self.compiling_since = self.eager, False, None
+        return self.fn(X, y)
 
     def backward(self, objective: torch.Tensor) -> None:
         (self.scaler.scale(objective) if self.scaler is not None else objective).backward()

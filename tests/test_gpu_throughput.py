@@ -82,3 +82,9 @@ def test_fused_optimizers_update_as_the_unfused_ones(make_cfg, optim):
             train_epoch(model, data, optimizer, penalty, 5, generator, step=make_step(cfg, model, data))
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[1], weights[0], rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_precision_is_in_the_hparams_row(make_cfg):
+    from regularization.logging import run_hparams
+
+    assert run_hparams(make_cfg("trainer.matmul_precision=high"))["trainer.matmul_precision"] == "high"

@@ -152,12 +152,13 @@ class VectorizedLauncher(Launcher):
 
         from regularization.config import resolve_device
         from regularization.engine import set_deterministic
-        from regularization.parallel import group_devices, run_per_device
+        from regularization.parallel import check_compile_threads, group_devices, run_per_device
         from regularization.step import set_matmul_precision
         from regularization.vectorized import stop_requested, train_group
 
         groups = self.plan(pending)
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
+        check_compile_threads(devices, [g[0].task_cfg.trainer.compile for g in groups])
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
         for k, (group, device) in enumerate(zip(groups, devices, strict=True)):
             log.info("group %d on %s:", k, device)
