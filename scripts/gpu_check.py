@@ -61,8 +61,8 @@ SYNTHETIC_MLP = ["model=mlp", "reg=dropout_scratch", "data.n_train=2000", "data.
 class Sizes:
     """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet): about 20 train.py
     processes whose start-up dominates (the launcher and resume rows are small fixed runs), plus the dropout rows'
-    Fashion-MNIST epochs (about 32 of the MLP, a 256-member group's one epoch, 8 one-epoch jobs). ``cpu`` runs the same rows on a CPU, the dropout rows
-    on synthetic data; ``tiny`` is the test suite's: the same logic, smallest."""
+    Fashion-MNIST epochs (about 32 of the MLP, a 256-member group's one epoch, 8 one-epoch jobs). ``cpu`` runs the
+    same rows on a CPU, the dropout rows on synthetic data; ``tiny`` is the test suite's: the same logic, smallest."""
 
     launchers: tuple[str, ...] = ("basic", "joblib", "submitit_local", "vectorized")
     launcher_epochs: int = 5
