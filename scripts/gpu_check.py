@@ -81,7 +81,7 @@ class Sizes:
 
 SIZES = {
     "gpu": Sizes(),
-    "cpu": Sizes(real_data=False, dropout_epochs=20, determinism_epochs=2, grid=8, basic_sample=4, timeout_s=120.0),
+    "cpu": Sizes(real_data=False, dropout_epochs=20, determinism_epochs=2, grid=8, basic_sample=4, bench_epoch=False, timeout_s=120.0),
     "tiny": Sizes(
         launchers=("basic", "vectorized"),
         launcher_epochs=2,
