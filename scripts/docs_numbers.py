@@ -1,7 +1,8 @@
 """Rerun what the tables of README.md and docs/ report, and write the tables between their markers.
 
 Each table sits between ``<!-- numbers:NAME -->`` and ``<!-- /numbers -->`` in its file; this script
-replaces what is between them with a fresh table, the command that produced it, and the machine and date.
+replaces what is between them with a fresh table, the command that produced it, the CPU model (fp32 digits
+differ between CPU models), torch and the date. Accuracy and loss tables carry no times (speed is bench.py's).
 Nothing outside the markers changes, so a table cannot drift from what the code gives today.
 
     python scripts/docs_numbers.py                   # every table (minutes: real Fashion-MNIST runs, the benchmark)
