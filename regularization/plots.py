@@ -51,6 +51,7 @@ class Setting:
     keys: dict[str, Any] = field(default_factory=dict)
     histories: list[list[dict]] = field(default_factory=list)
     finals: list[dict] = field(default_factory=list)
+    diverged: int = 0  # jobs of the setting whose loss went non-finite (not among the finals)
 
 
 @dataclass
@@ -61,6 +62,9 @@ class Sweep:
     swept: list[str]  # the keys besides the seed whose value differs between settings, in name order
     classification: bool = False
     penalized: bool = False  # some job has a weight penalty: plot the sparsity
+    metric: str = "test_loss"  # the metrics.json field of the heat map and the comparison
+    baseline: str | None = None  # KEY=VALUE the comparison's gains are over
+    comparison: list[dict] | None = None  # regularization.comparison.compare's rows
 
     @property
     def numeric(self) -> list[str]:
