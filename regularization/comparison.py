@@ -104,7 +104,10 @@ def _label(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def compare(records: list[tuple[dict[str, Any], float | None]], swept: list[str], baseline: str, seed_key: str = "seed") -> list[dict[str, Any]]:
+Record = tuple[dict[str, Any], float | None]  # a job's keys (swept ones and the seed) and its metric
+
+
+def compare(records: list[Record], swept: list[str], baseline: str, seed_key: str = "seed") -> list[dict[str, Any]]:
     """The gain over the baseline of each setting, for each combination of the other swept keys.
 
     ``records``: one per job, its keys (the swept ones and the seed) and its metric (None unless it completed with

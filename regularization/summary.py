@@ -354,7 +354,8 @@ def sweep_plot_data(jobs: list[Job], metric: str | None = None, baseline: str | 
         done = [j for j in group if j.completed]
         keys = {k: group[0].keys.get(k) for k in swept}
         diverged = sum(j.metrics.get("status") == "diverged" for j in group)
-        settings.append(Setting(values_label(keys, swept), keys, [j.metrics.get("history") or [] for j in done], [j.metrics for j in done], diverged))
+        histories = [j.metrics.get("history") or [] for j in done]
+        settings.append(Setting(values_label(keys, swept), keys, histories, [j.metrics for j in done], diverged))
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
     penalized = any(_select(j.config, "reg.penalty") in ("l1", "l2") for j in jobs)
     return Sweep(settings, swept, classification, penalized, metric or default_metric(jobs), baseline)

@@ -29,14 +29,14 @@ from regularization.summary import compare_sweeps, console_report, job_dirs, sum
 
 def outputs(out_dir: Path) -> list[str]:
     """The tables and plots a summary writes, by name."""
-    return sorted({p.name for p in out_dir.glob("summary*")} | {p.name for p in out_dir.glob("*.png")} | {p.name for p in out_dir.glob("comparison.csv")})
+    return sorted({p.name for pattern in ("summary*", "*.png", "comparison.csv") for p in out_dir.glob(pattern)})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR", help="a multirun dir, e.g. outputs/multirun/<time>")
     parser.add_argument("--out", type=Path, default=Path("outputs/comparison"), help="where several sweeps' comparison goes")
-    parser.add_argument("--metric", help="the metrics.json field the plots and the comparison show (default: test_acc, test_loss for regression)")
+    parser.add_argument("--metric", help="the metrics.json field that plots and comparison show (default test_acc; regression test_loss)")
     parser.add_argument("--baseline", metavar="KEY=VALUE", help="compare every setting with this one, paired by seed (e.g. reg.lambd=0)")
     args = parser.parse_args(argv)
     for sweep_dir in args.sweep_dirs:
