@@ -263,7 +263,9 @@ def dodged_errorbar(ax: Axes, i: int, n: int, xs: Sequence[float], mean: np.ndar
     bars at the same x stay apart on any axis scale."""
     shift = offset_copy(ax.transData, fig=ax.figure, x=(i - (n - 1) / 2) * DODGE, units="points")
     ax.errorbar(xs, mean, yerr=[mean - low, high - mean], transform=shift, **style)
-    for ys in (mean, low, high):  # a shifted artist does not count for autoscaling: its points in data coordinates do
+    # A shifted artist does not count for autoscaling: its points in data coordinates do (x even where y is missing).
+    ax.update_datalim(np.column_stack([xs, np.zeros(len(xs))]), updatey=False)
+    for ys in (mean, low, high):
         points = np.column_stack([xs, ys])
         ax.update_datalim(points[np.isfinite(points).all(axis=1)])
     ax.autoscale_view()
