@@ -51,7 +51,7 @@ def gain(baseline: dict[Any, float], other: dict[Any, float]) -> Gain | None:
     if len(common) >= 2:
         diffs = [other[s] - baseline[s] for s in common]
         mean = statistics.fmean(diffs)
-        if max(diffs) == min(diffs):  # no spread: t is undefined, the interval is the point
+        if math.isclose(max(diffs), min(diffs), rel_tol=1e-9, abs_tol=1e-12):  # no spread (to rounding): the interval is the point
             return Gain(mean, mean, mean, len(common), "paired t")
         return Gain(mean, *_interval(stats.ttest_1samp(diffs, 0.0)), len(common), "paired t")
     a, b = list(other.values()), list(baseline.values())

@@ -222,22 +222,27 @@ def draw_curves(ax: Axes, sweep: Sweep, metric: str = "loss", title: str = "") -
     log y axis, accuracy on a linear one. Curves of three evaluations or fewer get markers (one is a point)."""
     settings = sweep.settings
     colours = _colours(len(settings), _ordered(sweep))
+    short = False
     for key, style in ((f"test_{metric}", "-"), (f"train_{metric}", "--")):
         for setting, colour in zip(settings, colours, strict=True):
             epochs, mean, low, high = _curve(setting.histories, key)
+            short |= len(epochs) <= 3
             ax.plot(epochs, mean, style, color=colour, lw=1.3, marker="o" if len(epochs) <= 3 else None, ms=4)
             if len(setting.histories) > 1:
                 ax.fill_between(epochs, low, high, color=colour, alpha=0.12, lw=0)
     name = "loss" if metric == "loss" else "accuracy"
     ax.set(xlabel="epoch", ylabel=name, yscale="log" if metric == "loss" else "linear")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    low, high = ax.get_xlim()
+    if high - low < 2:  # one or two epochs: whole epochs for ticks, not fractions of one
+        ax.set_xlim(math.floor(low + 0.5) - 0.5, math.ceil(high - 0.5) + 0.5)
     ax.set_title(f"{title}test {name} (solid), train {name} (dashed)", y=1.0)
     ax.grid(alpha=0.3, lw=0.5)
     handles, labels = _diverged_entries(sweep)
     if len(settings) > MAX_LEGEND and _ordered(sweep):
         _colour_bar(ax, sweep)
     elif len(settings) > 1 or handles:
-        handles = [Line2D([], [], color=c, lw=1.3) for c in colours] + handles
+        handles = [Line2D([], [], color=c, lw=1.3, marker="o" if short else None, ms=4) for c in colours] + handles
         legend_outside(ax, handles, [s.label for s in settings] + labels, seeds_note(sweep, "band"))
 
 
@@ -328,8 +333,9 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
                                         _mark_unstable(ax, sweep, x, at, next(iter(metrics)))):  # fmt: skip
         handles += extra_handles
         labels += extra_labels
-    if handles:
-        legend_outside(ax, handles, labels, seeds_note(sweep, "bars"))
+    note = seeds_note(sweep, "bars")
+    if handles or note:  # one line with bars: the legend's title alone says what they are
+        legend_outside(ax, handles, labels, note)
 
 
 def metric_pair(sweep: Sweep) -> dict[str, str]:
@@ -608,17 +614,27 @@ def draw_panels(out_dir: Path, panels: list[Panel]) -> list[Path]:
     return paths
 
 
+# The names of the PNGs a summary writes: those of an earlier summary of the same dir that this one does not
+# write (curves.png once the curves are faceted, say) are removed, so that no figure there is stale.
+PANEL_NAMES = ("summary.png", "curves*.png", "accuracy*.png", "final_vs_*.png", "heat_map.png", "gain_heat_map.png",
+               "weight_norm_vs_*.png", "sparsity_vs_*.png", "comparison.png")  # fmt: skip
+
+
 def save_sweep_plots(sweep_dir: Path, sweep: Sweep) -> list[Path]:
     """The sweep's panels (``sweep_panels``) as PNGs, and summary.png with all of them. Settings hold completed
     jobs only; empty ones are skipped, and marked where they diverged."""
     settings = [s for s in sweep.settings if s.finals]
-    if not settings:
+    written = []
+    if settings:
+        swept = [k for k in sweep.swept if len({fmt(s.keys.get(k)) for s in settings}) > 1]
+        diverged = [s for s in sweep.settings if s.diverged]
+        sweep = Sweep(settings, swept, sweep.classification, sweep.penalized, sweep.metric, sweep.baseline, sweep.comparison, diverged)
+        written = draw_panels(sweep_dir, sweep_panels(sweep))
+    else:
         log.warning("no completed job in %s: no plots", sweep_dir)
-        return []
-    swept = [k for k in sweep.swept if len({fmt(s.keys.get(k)) for s in settings}) > 1]
-    diverged = [s for s in sweep.settings if s.diverged]
-    sweep = Sweep(settings, swept, sweep.classification, sweep.penalized, sweep.metric, sweep.baseline, sweep.comparison, diverged)
-    return draw_panels(sweep_dir, sweep_panels(sweep))
+    for stale in {p for pattern in PANEL_NAMES for p in Path(sweep_dir).glob(pattern)} - set(written):
+        stale.unlink(missing_ok=True)
+    return written
 
 
 def save_run_curves(out_dir: Path, history: list[dict], title: str) -> Path | None:

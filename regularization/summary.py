@@ -428,9 +428,8 @@ def summarize_jobs(out_dir: Path, jobs: list[Job], metric: str | None = None, ba
     rows = [job.row() | ({} if metric in METRIC_COLUMNS else {metric: job.metrics.get(metric)}) for job in jobs]
     groups = group_by_setting(jobs)
     stats = [setting_stats(s, g, metric) for s, g in groups.items()] if any(len(g) > 1 for g in groups.values()) else None
-    if not comparison:  # no stale comparison beside a summary that has none
-        for name in ("comparison.csv", "comparison.png"):
-            (Path(out_dir) / name).unlink(missing_ok=True)
+    if not comparison:  # no stale comparison beside a summary that has none (save_sweep_plots: nor its plot)
+        (Path(out_dir) / "comparison.csv").unlink(missing_ok=True)
     write_summary(out_dir, rows, stats, metric, write_comparison(out_dir, comparison, metric, baseline) if comparison else "")
     from regularization.plots import save_sweep_plots  # matplotlib, imported when a sweep ends (and Hydra starts faster)
 
@@ -445,14 +444,22 @@ def summarize_sweep(sweep_dir: Path, metric: str | None = None, baseline: str | 
     return summarize_jobs(sweep_dir, collect_jobs(sweep_dir), metric, baseline)
 
 
-def compare_sweeps(sweep_dirs: list[Path], out_dir: Path, metric: str | None = None, baseline: str | None = None) -> Report:
-    """Several sweeps in one table and one figure, in out_dir: every job named ``<sweep dir name>/<job name>``,
-    with the sweep as one more swept key (a line or a colour per sweep)."""
+def collect_sweeps(sweep_dirs: list[Path]) -> list[Job]:
+    """The jobs of several sweeps, each named ``<sweep dir name>/<job name>``, with the sweep as one more key, and
+    so is any key whose value differs between the sweeps."""
     names = [Path(d).name for d in sweep_dirs]
     labels = names if len(set(names)) == len(names) else [str(d) for d in sweep_dirs]
     jobs = [job for d, label in zip(sweep_dirs, labels, strict=True) for job in collect_jobs(d, sweep=label)]
+    # A key a sweep holds constant is left out of its job names, yet it may differ between the sweeps (reg.impl):
+    # every key any job overrides is read from every job's config, and those that differ set the jobs apart.
+    every = {override_key(o) for job in jobs for o in job.overrides if not parse_override(o).is_delete()} - {SEED_KEY}
+    return [dataclasses.replace(job, sweep_keys=tuple(sorted({*job.sweep_keys, *every}))) for job in jobs]
+
+
+def compare_sweeps(sweep_dirs: list[Path], out_dir: Path, metric: str | None = None, baseline: str | None = None) -> Report:
+    """Several sweeps (``collect_sweeps``) in one table and one figure, in out_dir (a line or a colour per sweep)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return summarize_jobs(out_dir, jobs, metric, baseline)
+    return summarize_jobs(out_dir, collect_sweeps(sweep_dirs), metric, baseline)
 
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
