@@ -377,10 +377,10 @@ def _interval(row: dict[str, Any]) -> str:
     return f"[{row['ci_low']:+.4g}, {row['ci_high']:+.4g}]" if row["ci_low"] is not None else "-"
 
 
-def comparison_table(rows: list[dict[str, Any]], metric: str, baseline: str, markdown: bool) -> str:
-    """The gains, one row per compared setting: its keys, the pairs, the mean gain and its 95% CI."""
+def comparison_table(rows: list[dict[str, Any]], metric: str, markdown: bool) -> str:
+    """The gains, one row per compared setting: its keys, the pairs, the mean gain, its 95% CI and how it was had."""
     keys = [k for k in rows[0] if k not in COMPARISON_COLUMNS]
-    cells = [[*keys, "pairs", f"gain in {metric}", "95% CI", "interval"]]
+    cells = [[*keys, "pairs", f"gain in {metric}", "95% CI", "method"]]
     for r in rows:
         gain = "-" if r["gain_mean"] is None else f"{r['gain_mean']:+.4g}"
         cells.append([*(_cell(r[k]) for k in keys), str(r["n_pairs"]), gain, _interval(r), r["method"]])
@@ -401,7 +401,7 @@ def write_comparison(out_dir: Path, rows: list[dict[str, Any]], metric: str, bas
     """comparison.csv; returns summary.md's section on it."""
     write_text_atomic(Path(out_dir) / "comparison.csv", _csv(rows, list(rows[0])))
     title = f"### Gain in {metric} over {baseline}, paired by seed (95% CI)"
-    return f"\n{title}\n\n{comparison_table(rows, metric, baseline, markdown=True)}\n{comparison_note(rows, metric, baseline)}\n"
+    return f"\n{title}\n\n{comparison_table(rows, metric, markdown=True)}\n{comparison_note(rows, metric, baseline)}\n"
 
 
 @dataclass
@@ -473,7 +473,7 @@ def console_report(report: Report) -> str:
         text += "\n\nMean ± std over seeds (completed jobs):\n" + mean_std_table(report.stats, markdown=False, hidden=_hidden(report.rows))
     if report.comparison:
         text += f"\n\nGain in {report.metric} over {report.baseline}, paired by seed:\n"
-        text += comparison_table(report.comparison, report.metric, report.baseline, markdown=False)
+        text += comparison_table(report.comparison, report.metric, markdown=False)
         if any(r["method"] == "Welch" for r in report.comparison):
             text += "\nWelch: unpaired seeds (fewer than two in common); difference of means, Welch's interval."
     return text

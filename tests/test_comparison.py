@@ -9,10 +9,11 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from regularization.comparison import ComparisonError, available_metrics, compare, gain
-from regularization.summary import check_baseline_against_overrides, summarize_sweep
+from regularization.summary import SweepSummary, check_baseline_against_overrides, summarize_sweep
 from tests.conftest import run_train
 from tests.test_summary import run_summarize_script
 
@@ -157,6 +158,13 @@ def test_a_summary_without_a_baseline_leaves_no_stale_comparison(acc_sweep):
     summarize_sweep(acc_sweep, baseline="reg.lambd=0")
     summarize_sweep(acc_sweep)
     assert not (acc_sweep / "comparison.csv").exists() and not (acc_sweep / "comparison.png").exists()
+
+
+def test_a_metric_no_job_has_fails_the_sweep_after_summarizing_it_with_the_default(acc_sweep):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(acc_sweep)}}, "summary": {"baseline": None, "metric": "val_acc"}})
+    with pytest.raises(SystemExit, match="summary.metric: 'val_acc' is in no job's metrics.json; available: best_test_acc"):
+        SweepSummary().on_multirun_end(config)
+    assert "Metric of the plots and the comparison: test_acc" in (acc_sweep / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -159,7 +159,8 @@ def test_compared_sweeps_name_a_constant_that_differs_between_them(tmp_path):
             overrides = [f"reg.lambd={lambd}"] + ([f"reg.impl={impl}"] if sweep == "b" else [])
             job = make_job(tmp_path / sweep, overrides, config=config | {"reg": {"name": "l2", "lambd": float(lambd), "impl": impl}})
             (job / ".hydra" / "hydra.yaml").write_text(  # a sweep leaves its constant keys out of its job names
-                "hydra:\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [reg.impl]\n")
+                "hydra:\n  job:\n    config:\n      override_dirname:\n        exclude_keys: [reg.impl]\n"
+            )
     jobs = collect_sweeps([tmp_path / "a", tmp_path / "b"])
     labels = [s.label for s in sweep_plot_data(jobs).settings]
     sweeps = (("a", "penalty"), ("b", "weight_decay"))
