@@ -406,6 +406,9 @@ def draw_gain(ax: Axes, sweep: Sweep) -> None:
         xs = [at[r[key]] for r in done]
         style = {"ls": "-" if numeric else "none", "marker": "o", "ms": 4, "capsize": 3, "lw": 1.2, "color": colour}
         dodged_errorbar(ax, i, len(lines), xs, mean, low, high, **style)
+        for r in line:  # no gain to show: the setting's jobs (or the baseline's) diverged or failed
+            if r["gain_mean"] is None:
+                ax.plot([at[r[key]]], [0.96], transform=ax.get_xaxis_transform(), clip_on=False, **DIVERGED | {"color": colour})
     ax.plot([at[base]], [0.0], marker="*", ms=11, color="black", ls="none")
     _x_axis(ax, key, at, categories)
     ax.set_ylabel(f"gain in {sweep.metric}")
@@ -414,6 +417,9 @@ def draw_gain(ax: Axes, sweep: Sweep) -> None:
     welch = any(r["method"] == "Welch" for r in rows)
     handles = [Line2D([], [], marker="*", ms=11, color="black", ls="none"), Line2D([], [], color="0.2", lw=1.0, ls=":")]
     labels = [f"baseline {key}={fmt(base)}", "no gain"]
+    if any(r["gain_mean"] is None for r in rows):
+        handles.append(Line2D([], [], **DIVERGED | {"color": "0.3"}))
+        labels.append("no pair completed (diverged or failed)")
     if len(lines) > 1:
         handles += [Line2D([], [], color=c, lw=2) for c in colours]
         labels += list(lines)

@@ -132,7 +132,7 @@ def test_diverged_settings_and_unstable_runs_are_marked(tmp_path):
     make_job(tmp_path, ["reg.lambd=30", "seed=0"], status="diverged")
     make_job(tmp_path, ["reg.lambd=30", "seed=1"], status="diverged")
     set_metric(tmp_path / "reg.lambd=1,seed=0", unstable=True)
-    _, axes, names = panels_of(tmp_path)
+    _, axes, names = panels_of(tmp_path, baseline="reg.lambd=0.1")
     ax = by_name(axes, names, "final_vs_reg.lambd.png")
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and crosses[0].get_xdata()[0] == 30  # at λ = 30, which has no result
@@ -140,6 +140,8 @@ def test_diverged_settings_and_unstable_runs_are_marked(tmp_path):
     assert len(rings) == 1 and rings[0].get_xdata()[0] == 1
     labels = [t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()]
     assert "diverged (jobs): reg.lambd=30 (2)" in labels and "has a run flagged unstable" in labels
+    comparison = by_name(axes, names, "comparison.png")
+    assert [line.get_xdata()[0] for line in comparison.lines if line.get_marker() == "x"] == [30]  # no gain to draw there
 
 
 def test_the_metric_drawn_is_the_chosen_one_and_named(tmp_path):
