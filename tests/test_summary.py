@@ -335,3 +335,18 @@ def test_a_key_one_job_overrides_is_read_from_every_jobs_config(tmp_path):
     jobs = collect_jobs(tmp_path)
     assert [j.keys["model.init_std"] for j in jobs] == [1.0, 1.0]
     assert sweep_plot_data(jobs).swept == ["reg.lambd"]
+
+
+def test_console_tables_leave_out_columns_that_mean_nothing(tmp_path):
+    """A stacked member's wall_s is its share of its group's time, and a run without a penalty has no sparsity."""
+    config = {"model": {"name": "mlp"}, "reg": {"name": "dropout_scratch", "penalty": "none"}, "seed": 0}
+    for rate in ("0.2", "0.5"):
+        for seed in (0, 1):
+            job = make_job(tmp_path, [f"reg.dropout1={rate}", f"seed={seed}"], config=config)
+            metrics = json.loads((job / "metrics.json").read_text())
+            (job / "metrics.json").write_text(json.dumps(metrics | {"sparsity": 0.0, "group_wall_s": 2.0, "group_size": 4}))
+    report = summarize_sweep(tmp_path)
+    job_header, mean_header = (line.split() for line in console_report(report).splitlines() if line.startswith(("job ", "setting ")))
+    assert "group_wall_s" in job_header and "wall_s" not in job_header and "wall_s" not in mean_header
+    assert "sparsity" not in job_header and "sparsity" not in mean_header
+    assert "test_loss" in job_header and "test_loss" in mean_header
