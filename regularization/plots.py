@@ -493,7 +493,7 @@ def draw_gain_heat_map(ax: Axes, sweep: Sweep, rows: str, cols: str) -> None:
         row = gains.get((r_value, c_value))
         if row is not None and row["gain_mean"] is not None:
             grid[i, j] = row["gain_mean"]
-            ci = f"\n[{row['ci_low']:+.2g}, {row['ci_high']:+.2g}]" if row["ci_low"] is not None else ""
+            ci = f"\n[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]" if row["ci_low"] is not None else ""
             texts[(i, j)] = f"{row['gain_mean']:+.3g}{ci}"
         elif grid[i, j] == 0.0:
             texts[(i, j)] = "baseline"
