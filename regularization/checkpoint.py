@@ -49,9 +49,31 @@ RESUMABLE_KEYS = (
 ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False}
 
 
+# Experiment keys added later whose default is what every run did before: at that default they are left out of the
+# experiment config, so checkpoints and experiment ids written before them still match (a sweep rerun into an old
+# dir skips and resumes its jobs), and runs that don't use them keep the ids they had.
+OMITTED_AT_DEFAULT = {
+    "data.val_size": 0,
+    "data.split_seed": 0,
+    "optim.schedule": "none",
+    "optim.warmup_epochs": 0,
+    "optim.step_size": 30,
+    "optim.gamma": 0.1,
+    "trainer.early_stopping": {"patience": None, "metric": "val_loss"},
+}
+
+
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     """The config that defines the experiment: a checkpoint only resumes the same one."""
-    return config_without(cfg, RESUMABLE_KEYS)
+    config = config_without(cfg, RESUMABLE_KEYS)
+    for key, default in OMITTED_AT_DEFAULT.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return config
 
 
 def experiment_id(cfg: DictConfig) -> str:
