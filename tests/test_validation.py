@@ -96,9 +96,13 @@ def test_each_epoch_trains_at_the_scheduled_lr(make_cfg, monkeypatch):
     """engine.fit steps its LambdaLR once per epoch: epoch e + 1 trains at lr·f(e)."""
     import regularization.engine as engine
 
-    lrs = []
-    train_epoch = engine.train_epoch
-    monkeypatch.setattr(engine, "train_epoch", lambda model, data, optimizer, *a: (lrs.append(optimizer.param_groups[0]["lr"]), train_epoch(model, data, optimizer, *a))[1])
+    lrs, train_epoch = [], engine.train_epoch
+
+    def recorded(model, data, optimizer, *args):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return train_epoch(model, data, optimizer, *args)
+
+    monkeypatch.setattr(engine, "train_epoch", recorded)
     run(make_cfg, "trainer.epochs=10", "optim.lr=0.002", "optim.schedule=cosine", "optim.warmup_epochs=2")
     assert lrs == pytest.approx([0.002 * lr_factor(e, Schedule.cosine, 2, 10, 30, 0.1) for e in range(10)], rel=1e-12)
     assert lrs[0] == pytest.approx(0.002 / 3) and lrs[2] == pytest.approx(0.002)  # warmup, then the cosine from its top
