@@ -47,24 +47,41 @@ RESUMABLE_KEYS = (
 
 
 # Experiment keys added to the schema after checkpoints were first written, with the value every run had before.
-ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False, ("trainer", "matmul_precision"): "highest"}
-# Of those, the keys a fingerprint leaves out at that value: added after experiment ids were kept in metrics.json, so
-# that a job completed before the key existed is still recognised as the same experiment.
-UNFINGERPRINTED_DEFAULTS = {("trainer", "matmul_precision"): "highest"}
+ADDED_KEYS = {("trainer", "precision"): "32", ("trainer", "compile"): False}
+
+
+# Experiment keys added later whose default is what every run did before: at that default they are left out of the
+# experiment config, so checkpoints and experiment ids written before them still match (a sweep rerun into an old
+# dir skips and resumes its jobs), and runs that don't use them keep the ids they had.
+OMITTED_AT_DEFAULT = {
+    "trainer.matmul_precision": "highest",
+    "data.val_size": 0,
+    "data.split_seed": 0,
+    "optim.schedule": "none",
+    "optim.warmup_epochs": 0,
+    "optim.step_size": 30,
+    "optim.gamma": 0.1,
+    "trainer.early_stopping": {"patience": None, "metric": "val_loss"},
+}
 
 
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     """The config that defines the experiment: a checkpoint only resumes the same one."""
-    return config_without(cfg, RESUMABLE_KEYS)
+    config = config_without(cfg, RESUMABLE_KEYS)
+    for key, default in OMITTED_AT_DEFAULT.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return config
 
 
 def experiment_id(cfg: DictConfig) -> str:
     """A short fingerprint of the experiment config, kept in metrics.json: a sweep rerun into the same dir skips a
     completed job only if the job there ran the same experiment (job names leave out the sweep's constant keys)."""
     config = experiment_config(cfg)
-    for (group, key), default in UNFINGERPRINTED_DEFAULTS.items():
-        if config.get(group, {}).get(key) == default:
-            del config[group][key]
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
