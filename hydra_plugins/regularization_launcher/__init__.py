@@ -194,7 +194,8 @@ class VectorizedLauncher(Launcher):
             def train() -> None:
                 cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
                 values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs), strict=True))
-                gc.freeze()  # the group's histories, kept for the summary: as the jobs above
+                gc.collect()  # the group's garbage cycles (only its objects are not frozen: a short pass), then
+                gc.freeze()  # its results, kept until the sweep ends, out of later collections as the jobs above
 
             return train
 
