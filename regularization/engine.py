@@ -7,6 +7,7 @@ import math
 import random
 import shlex
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from regularization.checkpoint import (
     restore_generator,
     save_checkpoint,
     set_rng_states,
+    stop_after_epoch,
 )
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
@@ -207,8 +209,9 @@ def fit(
     After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved when
     ``CheckpointCadence`` says it is due (always after the last epoch), so ``resume_from`` (a loaded
     checkpoint) continues exactly where that checkpoint stopped. Stops at the first epoch
-    whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
-    partial epoch is dropped and the last checkpoint stands).
+    whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``):
+    the first ends the epoch in progress and checkpoints it; a second drops the partial epoch, and the result goes back
+    to the last checkpoint. Either way the result, the checkpoint and the events end at the same epoch.
     """
     penalty = make_penalty(cfg, model)
     optimizer = make_optimizer(cfg, model, penalty)
@@ -236,7 +239,13 @@ def fit(
     result: dict = {"status": "completed", "epochs": epochs}
     start, first = time.perf_counter(), done + 1
     cadence = CheckpointCadence.of(cfg.trainer)
-    with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
+
+    def save(epoch: int) -> None:
+        elapsed = wall_s + time.perf_counter() - start
+        save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed, step), cfg, device)
+        cadence.saved()
+
+    with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress, stop_after_epoch(threading.Event()) as stop:
         try:
             for epoch in range(done + 1, epochs + 1):
                 objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
@@ -254,17 +263,20 @@ def fit(
                     result |= {"status": "diverged", "epochs": epoch}
                     break
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                if checkpoint is not None and cadence.due(epoch):
-                    elapsed = wall_s + time.perf_counter() - start
-                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed, step), cfg, device)
-                    cadence.saved()
+                if checkpoint is not None and (cadence.due(epoch) or stop.is_set()):
+                    save(epoch)
                 done = epoch
                 progress.epoch_done(metrics)
-        except KeyboardInterrupt:
-            # Ctrl-C may land between a checkpoint's rename and `done = epoch`: the file on disk is the truth.
-            done = checkpoint_epoch(checkpoint) if checkpoint is not None and checkpoint.exists() else done
-            log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
-            result |= {"status": "interrupted", "epochs": done}
+                if stop.is_set() and epoch < epochs:  # Ctrl-C: this epoch's result and checkpoint stand
+                    log.warning("interrupted: stopped after epoch %d, its checkpoint saved", epoch)
+                    result |= {"status": "interrupted", "epochs": epoch}
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-epoch: back to the last checkpoint
+            saved = done if checkpoint is None else checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
+            log.warning("interrupted during epoch %d: the result and the checkpoint are those after epoch %d", done + 1, saved)
+            history = [h for h in history if h["epoch"] <= saved]
+            logger.purge_from(saved + 1)  # TensorBoard hides the epochs past the checkpoint, as a resume would
+            result |= {"status": "interrupted", "epochs": saved}
     result |= run_result(history)
     result["wall_s"] = wall_s + time.perf_counter() - start
     if cfg.trainer.compile:
@@ -285,6 +297,14 @@ def preflight(cfg: DictConfig) -> torch.device:
     return device
 
 
+def check_job(cfg: DictConfig, multirun: bool) -> torch.device:
+    """``preflight``, and what only a sweep may ask for."""
+    if cfg.optimize_seeds != 1 and not multirun:
+        message = "averages a search's trials over seeds (-m hparams_search=...); a single run has one seed"
+        raise ConfigError(f"Invalid config: optimize_seeds: {message}")
+    return preflight(cfg)
+
+
 def run(cfg: DictConfig) -> float:
     """Check, train and write one Hydra job's results; returns the final ``optimize_metric`` (NaN if none).
 
@@ -293,10 +313,7 @@ def run(cfg: DictConfig) -> float:
     unless the error broke the process's CUDA context (a device-side assert, say): that stops the sweep.
     At the job's end its cached CUDA memory is given back.
     """
-    if cfg.optimize_seeds != 1 and HydraConfig.get().mode != RunMode.MULTIRUN:
-        message = "averages a search's trials over seeds (-m hparams_search=...); a single run has one seed"
-        raise ConfigError(f"Invalid config: optimize_seeds: {message}")
-    device = preflight(cfg)
+    device = check_job(cfg, HydraConfig.get().mode == RunMode.MULTIRUN)
     set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -359,11 +376,13 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
 
 
 def resume_command(hydra: DictConfig, multirun: bool) -> str:
-    """The command line that started this process, pointed at its run dir (or sweep dir): rerunning it resumes."""
+    """The command line that started this process, pointed at its run dir (or sweep dir): rerunning it resumes.
+    It starts with the interpreter as the user typed it (``.venv/bin/python``, and any options such as ``-X``)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     where = Path(str(hydra.sweep.dir if multirun else hydra.runtime.output_dir)).absolute()
     args = [a for a in sys.argv[1:] if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
-    return shlex.join(["python", sys.argv[0], *args, f"{key}={where}"])
+    interpreter = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv)] or [sys.executable]
+    return shlex.join([*interpreter, sys.argv[0], *args, f"{key}={where}"])
 
 
 def completed_result(out_dir: Path, cfg: DictConfig) -> dict | None:

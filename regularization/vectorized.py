@@ -541,8 +541,6 @@ def fit_members(
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
-        if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
-            raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
         objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm, step)
         if first.trainer.compile and epoch == 1:
@@ -565,11 +563,14 @@ def fit_members(
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-        if checkpoint is not None and cadence.due(epoch):
+        stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
+        if checkpoint is not None and (cadence.due(epoch) or stop):
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
             cadence.saved()
+        if stop:  # ends as an interrupted group, its checkpoint at this epoch
+            raise KeyboardInterrupt
     for result, history in zip(results, histories, strict=True):
         result |= run_result(history) | {"history": history}
         if first.trainer.compile:
@@ -640,7 +641,8 @@ def train_group(
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
         done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
-        for d in out_dirs:
+        for d, logger in zip(out_dirs, loggers, strict=True):
+            logger.purge_from(done + 1)  # TensorBoard hides the epochs past the checkpoint (a second Ctrl-C's)
             write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
         log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))

@@ -1,5 +1,7 @@
 """Hydra's basic sweeper, plus this harness's pre-flight check of every job before any trains."""
 
+import copy
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -9,7 +11,9 @@ from typing import Any
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -123,3 +127,27 @@ class ValidatingSweeper(BasicSweeper):
                 preflight(self.composer.task(overrides))
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(overrides)}") from None
+
+
+class PreflightRun(Callback):
+    """A single run's ``preflight`` before Hydra makes its run dir (the validating sweeper's check, for one job):
+    a bad value stops it with the message alone, exit status 1, and leaves no dir with an empty log behind.
+
+    Hydra turns a callback's exception into a warning and puts "Error executing job with overrides" in front of a
+    job's, so the message leaves as SystemExit's. With HYDRA_FULL_ERROR=1 the job itself raises it, with its traceback.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from regularization.config import ConfigError
+        from regularization.engine import check_job
+
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the job's keys, as run_job sets it
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            check_job(task, multirun=False)
+        except ConfigError as err:
+            raise SystemExit(str(err)) from None
