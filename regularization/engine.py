@@ -6,11 +6,13 @@ import json
 import math
 import random
 import shlex
+import shutil
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -313,9 +315,34 @@ def run(cfg: DictConfig) -> float:
     unless the error broke the process's CUDA context (a device-side assert, say): that stops the sweep.
     At the job's end its cached CUDA memory is given back.
     """
-    device = check_job(cfg, HydraConfig.get().mode == RunMode.MULTIRUN)
-    set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with result_or_no_dir(out_dir):
+        device = check_job(cfg, HydraConfig.get().mode == RunMode.MULTIRUN)
+        set_job_threads()
+        return train_or_record_failure(cfg, device, out_dir)
+
+
+@contextmanager
+def result_or_no_dir(out_dir: Path) -> Iterator[None]:
+    """Ctrl-C before the run wrote its metrics.json (while its data load, say; training ends itself at Ctrl-C, with
+    a result): a dir that holds only what Hydra and the logger made for this run is removed, as a run that never
+    trained has nothing to keep; one with a checkpoint (a run resumed) gets status interrupted at its epoch."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not (out_dir / "metrics.json").exists():
+            checkpoint, log_file = out_dir / CHECKPOINT, f"{HydraConfig.get().job.name}.log"
+            made_here = [p.name in (".hydra", log_file) or p.name.startswith("events.out.tfevents.") for p in out_dir.iterdir()]
+            if not checkpoint.exists() and all(made_here):
+                shutil.rmtree(out_dir, ignore_errors=True)
+            else:
+                epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
+                write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
+        raise
+
+
+def train_or_record_failure(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
+    """``train``; an exception marks the job failed (see ``run``)."""
     try:
         return train(cfg, device, out_dir)
     except ConfigError:  # a checkpoint that doesn't fit: nothing trained, nothing to record

@@ -330,3 +330,18 @@ def test_the_resume_hint_repeats_the_interpreter_as_typed(make_cfg, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["train.py", "reg.lambd=3"])
     command = shlex.split(resume_command(cfg.hydra, multirun=False))
     assert command == [".venv/bin/python", "-X", "dev", "train.py", "reg.lambd=3", f"hydra.run.dir={cfg.hydra.runtime.output_dir}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.3, 1.0, 2.0, 3.0, 4.5])
+def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_without_a_result(tmp_path, tiny_fashion_root, after_s):
+    """Ctrl-C while Python imports torch, Hydra composes, the data load or training begins: exit 130, no traceback,
+    and every run dir left holds a metrics.json (a run that never trained leaves none)."""
+    proc = Run(["+experiment=dropout", f"data.root={tiny_fashion_root}", "trainer.epochs=100000"], tmp_path)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    output = proc.output()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", output
