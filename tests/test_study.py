@@ -239,3 +239,16 @@ def test_a_sweep_that_fails_validation_leaves_no_dir(tmp_path, launcher):
     proc = run_train(["-m", f"hydra/launcher={launcher}", "reg.lambd=3,-1", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, check=False)
     assert proc.returncode != 0 and "reg.lambd" in proc.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_a_diverged_optuna_trial_is_one_line_in_our_words_without_alembic_noise(tmp_path):
+    """Past λ = 2/lr SGD's decay step diverges: each such trial is one line of ours (not Optuna's "Return value must be
+    float-castable"), none of alembic's "setup plugin" lines, and a search with no completed trial ends without a traceback."""
+    args = ["-m", "hparams_search=weight_decay_lambda", "hydra.sweeper.n_trials=2", "trainer.epochs=20", "reg.lambd=interval(3000,5000)"]
+    proc = run_train(args, tmp_path)
+    output = proc.stdout + proc.stderr
+    assert "float-castable" not in output and "alembic" not in output and "Traceback" not in output
+    lines = [line for line in output.splitlines() if "Optuna records a failed trial" in line]
+    assert len(lines) == 2 and all(re.search(r"trial reg\.lambd=\S+: diverged at epoch \d+", line) for line in lines), output
+    assert "no trial completed" in output
