@@ -185,8 +185,10 @@ SCHEMAS = (
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore, and the ``${pid:}`` resolver used in output dir names."""
+    """Store the schemas in Hydra's ConfigStore, and the resolvers used in output dir names: ``${pid:}``, and
+    ``${job_name:${hydra.job.override_dirname}}``, a single run's name (its overrides, or ``job`` without any)."""
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    OmegaConf.register_new_resolver("job_name", lambda override_dirname: override_dirname or "job", replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     # Under schema/<group>, not <group>: the YAML files extend them (/schema/reg/base@_here_), and Hydra's lists of
