@@ -234,6 +234,12 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return sorted(keys, key=lambda k: (k != "sweep", k.lstrip("+~")))
 
 
+def untied_keys(swept: list[str], jobs: list[Job]) -> list[str]:
+    """The swept keys less those tied to an earlier one ('model.hidden2=${model.hidden1}': the same value in every
+    job): a plot's axes, one per independent key; the labels name the tied keys too."""
+    return [k for i, k in enumerate(swept) if not any(all(j.keys.get(k) == j.keys.get(t) for j in jobs) for t in swept[:i])]
+
+
 def setting_stats(setting: str, jobs: list[Job]) -> dict[str, Any]:
     """Mean and sample std (n−1) of the final metrics over the setting's completed jobs, with the setting's keys."""
     done = [j for j in jobs if j.completed]
@@ -317,14 +323,16 @@ def sweep_plot_data(jobs: list[Job]) -> Sweep:
     from regularization.plots import Setting, Sweep, values_label  # matplotlib, imported when a sweep ends (Hydra starts faster)
 
     swept = swept_keys(jobs)
+    axes = untied_keys(swept, jobs)
     settings = []
     for group in group_by_setting(jobs).values():
         done = [j for j in group if j.completed]
-        keys = {k: group[0].keys.get(k) for k in swept}
-        settings.append(Setting(values_label(keys, swept), keys, [j.metrics.get("history") or [] for j in done], [j.metrics for j in done]))
+        label = values_label({k: group[0].keys.get(k) for k in swept}, swept)
+        keys = {k: group[0].keys.get(k) for k in axes}
+        settings.append(Setting(label, keys, [j.metrics.get("history") or [] for j in done], [j.metrics for j in done]))
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
     penalized = any(_select(j.config, "reg.penalty") in ("l1", "l2") for j in jobs)
-    return Sweep(settings, swept, classification, penalized)
+    return Sweep(settings, axes, classification, penalized)
 
 
 def summarize_jobs(out_dir: Path, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
