@@ -4,7 +4,8 @@ import copy
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,53 @@ def untie(jobs: list[list[str]]) -> list[list[str]]:
     return untied
 
 
+class SweepDirResolvedOnce(Callback):
+    """Resolves ``hydra.sweep.dir`` once, in the sweep's process, and hands every job that value.
+
+    The default dir ends in ``${now:...}_${pid:}``. Hydra composes each job's config again from the master config's
+    hydra overrides (``load_sweep_config``), in the process that runs the job: joblib's workers and submitit's jobs
+    would each resolve their own ``${pid:}`` and scatter the sweep over several dirs. Pinned as a hydra override of
+    the master config, the resolved dir reaches every sweeper (basic, validating, Optuna) and every launcher, and each
+    job's .hydra/hydra.yaml records where it wrote. The sweep's own pid still keeps two sweeps apart.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not OmegaConf.is_interpolation(config.hydra.sweep, "dir"):
+            return  # a plain path: every process reads the same
+        resolved = str(config.hydra.sweep.dir)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = resolved
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(resolved)}")
+
+
+def quoted(value: str) -> str:
+    """value as a quoted override that Hydra's parser and OmegaConf read back unchanged: a quote and ``${`` (an
+    interpolation) escaped, and the backslashes before them and at the end doubled (elsewhere a backslash is itself)."""
+    return "'" + re.sub(r"(\\*)('|\$\{|$)", lambda m: 2 * m[1] + ("\\" if m[2] else "") + m[2], value) + "'"
+
+
+# What Hydra, the launchers and submitit write before a job trains: the sweep's config, each job's .hydra/, the
+# submission files. A sweep dir holding nothing else holds no result.
+BOOKKEEPING = ("multirun.yaml", ".hydra", ".submitit")
+
+
+@contextmanager
+def removed_unless_trained(config: DictConfig) -> Iterator[None]:
+    """A sweep stopped by a ConfigError before any job trained (a bad value in its third job, sbatch failing to
+    submit) leaves no sweep dir behind, unless the dir was there before it started."""
+    from regularization.config import ConfigError
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    new = not sweep_dir.exists()
+    try:
+        yield
+    except ConfigError:
+        results = [p for p in sweep_dir.rglob("*") if p.is_file() and not set(p.relative_to(sweep_dir).parts) & set(BOOKKEEPING)]
+        if new and not results:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+
+
 class ComposedSweepLoader:
     """The config loader, with ``load_sweep_config(master, overrides)`` answered by the sweep's SweepComposer,
     which gives the config Hydra would compose, composing once per structure (a λ sweep: not at all)."""
@@ -118,17 +166,11 @@ class ValidatingSweeper(BasicSweeper):
         from regularization.config import ConfigError
 
         assert self.config is not None
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        new = not sweep_dir.exists()
         if self.config.get("optimize_seeds", 1) != 1:
             message = "averages a search's trials over seeds (hparams_search=..., hydra/sweeper=optuna_seeds); a grid sweeps seed=0,1,2"
             raise ConfigError(f"Invalid config: optimize_seeds: {message}")
-        try:
+        with removed_unless_trained(self.config):
             return super().sweep(arguments)
-        except ConfigError:
-            if new and not any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
-                shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing ran: a sweep that never started leaves no dir
-            raise
 
     def get_job_batch(self) -> Sequence[Sequence[str]]:
         return untie([list(job) for job in super().get_job_batch()])

@@ -54,8 +54,11 @@ class SeedAveragingOptunaSweeper(OptunaSweeper):
         logging.getLogger(OptunaSweeperImpl.__module__).addFilter(drop_optuna_none_warning)
 
     def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.regularization_sweeper import removed_unless_trained
+
         try:
-            super().sweep(arguments)
+            with removed_unless_trained(self.sweeper.config):
+                super().sweep(arguments)
         except ValueError as err:  # Optuna's study.best_trial, when every trial diverged or failed
             if str(err) != "No trials are completed yet.":
                 raise
