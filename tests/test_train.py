@@ -23,7 +23,7 @@ def metrics(job_dir: Path) -> dict:
 
 def test_single_run_writes_events_and_metrics(tmp_path):
     proc = run_train(["trainer.epochs=4", "reg.lambd=3"], tmp_path)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / "reg.lambd=3,trainer.epochs=4").iterdir()  # named by its overrides, then its time
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 4
     assert {"train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "wall_s"} <= m.keys()
@@ -86,7 +86,7 @@ def test_dropout_fidelity_on_fashion_mnist(tmp_path, reg):
     """The chapter's MLP with dropout 0.2/0.5 after 10 epochs: test accuracy about 0.85."""
     root = real_data_root()
     run_train(["+experiment=dropout", f"reg={reg}", f"data.root={root}"], tmp_path, timeout=900)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / f"+experiment=dropout,reg={reg}").iterdir()
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 10
     assert m["test_acc"] >= 0.84 and m["train_loss"] < 0.4
