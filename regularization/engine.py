@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -252,9 +253,10 @@ def fit(
             for epoch in range(done + 1, epochs + 1):
                 objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
                 finite, metrics = math.isfinite(objective.item()), None
+                stopping = stop.is_set() and epoch < epochs  # read once: a Ctrl-C from here on stops after the next epoch
                 if cfg.trainer.compile and epoch == first:
                     log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
-                if finite and (epoch % every == 0 or epoch == epochs):
+                if finite and (epoch % every == 0 or epoch == epochs or stopping):  # Ctrl-C: the result at the stop
                     with step.autocast():
                         metrics = evaluate_all(model, data, penalty, objective, cfg.sparsity_threshold)
                     logger.log_eval(epoch, metrics)
@@ -265,11 +267,11 @@ def fit(
                     result |= {"status": "diverged", "epochs": epoch}
                     break
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                if checkpoint is not None and (cadence.due(epoch) or stop.is_set()):
+                if checkpoint is not None and (cadence.due(epoch) or stopping):
                     save(epoch)
                 done = epoch
                 progress.epoch_done(metrics)
-                if stop.is_set() and epoch < epochs:  # Ctrl-C: this epoch's result and checkpoint stand
+                if stopping:  # Ctrl-C: this epoch's result and checkpoint stand
                     log.warning("interrupted: stopped after epoch %d, its checkpoint saved", epoch)
                     result |= {"status": "interrupted", "epochs": epoch}
                     break
@@ -335,6 +337,8 @@ def result_or_no_dir(out_dir: Path) -> Iterator[None]:
             made_here = [p.name in (".hydra", log_file) or p.name.startswith("events.out.tfevents.") for p in out_dir.iterdir()]
             if not checkpoint.exists() and all(made_here):
                 shutil.rmtree(out_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):  # a single run's parent, named by its overrides, if now empty
+                    out_dir.parent.rmdir()
             else:
                 epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
                 write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
@@ -409,7 +413,23 @@ def resume_command(hydra: DictConfig, multirun: bool) -> str:
     where = Path(str(hydra.sweep.dir if multirun else hydra.runtime.output_dir)).absolute()
     args = [a for a in sys.argv[1:] if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
     interpreter = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv)] or [sys.executable]
-    return shlex.join([*interpreter, sys.argv[0], *args, f"{key}={where}"])
+    return shlex.join([*interpreter, sys.argv[0], *args, f"{key}={override_value(str(where))}"])
+
+
+def override_value(text: str) -> str:
+    """text as a command-line override's value that Hydra reads back as this string: as it is where it can
+    (a run dir named ``reg.lambd=3,seed=1`` cannot: its comma would make a sweep), else quoted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from hydra_plugins.regularization_sweeper import quoted
+
+    try:
+        if OverridesParser.create().parse_overrides([f"k={text}"])[0].value() == text:
+            return text
+    except HydraException:
+        pass
+    return quoted(text)
 
 
 def completed_result(out_dir: Path, cfg: DictConfig) -> dict | None:

@@ -546,7 +546,8 @@ def fit_members(
         if first.trainer.compile and epoch == 1:
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
-        if epoch % every == 0 or epoch == epochs:
+        stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
+        if epoch % every == 0 or epoch == epochs or stop:  # the events end at the stop
             alive = (active & ~diverged).tolist()
             with step.autocast():
                 evaluated = evaluate_all(net, data, penalty, objective, first.sparsity_threshold)
@@ -563,7 +564,6 @@ def fit_members(
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-        stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
         if checkpoint is not None and (cadence.due(epoch) or stop):
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import read_write
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT, checkpoint_epoch
@@ -301,11 +302,12 @@ def fit_hit_by_ctrl_c(cfg, job: Path, at_epoch: int, presses: int, monkeypatch) 
 def test_ctrl_c_ends_the_epoch_in_progress_and_checkpoints_it(make_cfg, tmp_path, monkeypatch):
     """Long after the last checkpoint (checkpoint_min_interval_s), one Ctrl-C: the result, the checkpoint and the
     event file all end at the epoch it landed in."""
-    cfg = make_cfg("trainer.epochs=1000", "trainer.checkpoint_min_interval_s=1e6")
+    cfg = make_cfg("trainer.epochs=1000", "trainer.checkpoint_min_interval_s=1e6", "trainer.eval_every=10")
     job = Path(cfg.hydra.runtime.output_dir)
     result = fit_hit_by_ctrl_c(cfg, job, at_epoch=57, presses=1, monkeypatch=monkeypatch)
     assert result["status"] == "interrupted"
-    assert result["epochs"] == checkpoint_epoch(job / CHECKPOINT) == result["history"][-1]["epoch"] == 57
+    assert result["epochs"] == checkpoint_epoch(job / CHECKPOINT) == result["history"][-1]["epoch"] == 57  # evaluated there
+    assert result["test_loss"] == result["history"][-1]["test_loss"]
     assert steps(job)[-1] == 57
 
 
@@ -324,12 +326,19 @@ def test_a_second_ctrl_c_stops_at_once_and_the_result_is_the_checkpoints(make_cf
 def test_the_resume_hint_repeats_the_interpreter_as_typed(make_cfg, monkeypatch):
     """`.venv/bin/python -X dev train.py reg.lambd=3` is resumed by the same interpreter, options included."""
     from regularization.engine import resume_command
+    from regularization.logging import parse_override
 
     cfg = make_cfg()
     monkeypatch.setattr(sys, "orig_argv", [".venv/bin/python", "-X", "dev", "train.py", "reg.lambd=3"])
     monkeypatch.setattr(sys, "argv", ["train.py", "reg.lambd=3"])
     command = shlex.split(resume_command(cfg.hydra, multirun=False))
     assert command == [".venv/bin/python", "-X", "dev", "train.py", "reg.lambd=3", f"hydra.run.dir={cfg.hydra.runtime.output_dir}"]
+    # A run dir named by two overrides: quoted, or Hydra would read its comma as a sweep.
+    run_dir = Path(cfg.hydra.runtime.output_dir) / "reg.lambd=3,seed=1" / "2026-12-05_07-32-45_1"
+    with read_write(cfg.hydra):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    command = shlex.split(resume_command(cfg.hydra, multirun=False))
+    assert parse_override(command[-1]).value() == str(run_dir)
 
 
 @pytest.mark.slow
@@ -345,3 +354,4 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_with
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", output
+    assert all(any(d.iterdir()) for d in (tmp_path / "outputs").glob("runs/*")), "an empty dir named by the run's overrides"
