@@ -342,7 +342,9 @@ def test_the_resume_hint_repeats_the_interpreter_as_typed(make_cfg, monkeypatch)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_s", [0.3, 1.0, 2.0, 3.0, 4.5])
+# Not before ~1 s: a Ctrl-C inside the interpreter's own start-up (site, encodings), before train.py runs, is
+# Python's to report (exit 1), and a busy machine can stretch that start-up to a few tenths of a second.
+@pytest.mark.parametrize("after_s", [1.0, 2.0, 3.0, 4.5])
 def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_without_a_result(tmp_path, tiny_fashion_root, after_s):
     """Ctrl-C while Python imports torch, Hydra composes, the data load or training begins: exit 130, no traceback,
     and every run dir left holds a metrics.json (a run that never trained leaves none)."""
