@@ -376,7 +376,7 @@ def default_metric(jobs: list[Job]) -> str:
 
 def comparison_rows(jobs: list[Job], metric: str, baseline: str) -> list[dict[str, Any]]:
     """Each setting's gain in ``metric`` over the baseline (KEY=VALUE), paired by seed (regularization.comparison)."""
-    swept = swept_keys(jobs)
+    swept = untied_keys(swept_keys(jobs), jobs)  # a tied key moves with its key: not another key to compare within
     records = [({k: j.keys.get(k) for k in [*swept, SEED_KEY]}, j.metrics.get(metric) if j.completed else None) for j in jobs]
     return compare(records, swept, baseline, SEED_KEY)
 

@@ -338,4 +338,4 @@ def test_a_key_tied_to_a_swept_key_names_the_job_labels_the_plots_and_is_in_hpar
         assert hparams["model.hidden1"] == hparams["model.hidden2"] == hidden
     plotted = sweep_plot_data(collect_jobs(sweep))
     assert plotted.swept == ["model.hidden1"]
-    assert sorted(s.label for s in plotted.settings) == ["hidden1=16, hidden2=16", "hidden1=8, hidden2=8"]
+    assert sorted(s.label for s in plotted.settings) == ["model.hidden1=16, model.hidden2=16", "model.hidden1=8, model.hidden2=8"]
