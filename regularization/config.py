@@ -148,6 +148,8 @@ class TrainerConfig:
     # an Enum's member names cannot be "32" or "bf16-mixed", and OmegaConf matches names.
     precision: str = "32"
     compile: bool = False  # true: the training step runs through torch.compile
+    # fp32 matmuls: highest (full fp32), high (TF32 on Ampere+ GPUs), medium (bf16 too); torch.set_float32_matmul_precision
+    matmul_precision: str = "highest"
 
 
 @dataclass
@@ -385,6 +387,10 @@ def _where(cfg: DictConfig, path: str) -> str:
     return f"{parent}={name}" if isinstance(name, str) else parent
 
 
+# torch.set_float32_matmul_precision's values, from exact to fastest (docs/precision.md).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError, naming the key and what is allowed, for a config that cannot run."""
     check_keys(cfg)
@@ -397,6 +403,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.trainer.checkpoint_every >= 1, "trainer.checkpoint_every", f"must be >= 1, got {cfg.trainer.checkpoint_every}")
     interval = cfg.trainer.checkpoint_min_interval_s
     _require(interval >= 0, "trainer.checkpoint_min_interval_s", f"must be >= 0 (0: every checkpoint_every epochs), got {interval}")
+    matmul = cfg.trainer.get("matmul_precision", "highest")
+    _require(matmul in MATMUL_PRECISIONS, "trainer.matmul_precision", f"got {matmul!r}, allowed: {', '.join(MATMUL_PRECISIONS)}")
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     if cfg.model.name == "mlp":
         for key in ("hidden1", "hidden2"):

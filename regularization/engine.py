@@ -43,7 +43,9 @@ from regularization.gpu import (
     check_deterministic_workspace,
     failure_message,
     is_sticky_cuda_error,
+    peak_memory,
     release_cached_memory,
+    reset_peak_memory,
     sticky_cuda_error,
 )
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
@@ -52,7 +54,7 @@ from regularization.parallel import job_device, set_job_threads
 from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 from regularization.results import run_result
-from regularization.step import Step, check_compile, check_precision
+from regularization.step import Step, check_compile, check_precision, set_matmul_precision
 
 EVAL_BATCH = 8192
 
@@ -81,11 +83,15 @@ def set_deterministic(on: bool) -> None:
         torch.use_deterministic_algorithms(on)
 
 
-def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty) -> torch.optim.Optimizer:
+def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD or Adam; ``fused`` (default: on CUDA) updates every parameter in one kernel, and under 16-mixed takes
+    the loss scale and the inf check on the device, without GradScaler's per-step host sync. Same update rule."""
     groups = penalty.param_groups(list(model.parameters()))
+    fused = next(model.parameters()).device.type == "cuda" if fused is None else fused
     if cfg.optim.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.optim.lr)
-    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.get("momentum", 0.0), nesterov=cfg.optim.get("nesterov", False))
+        return torch.optim.Adam(groups, lr=cfg.optim.lr, fused=fused or None)
+    momentum, nesterov = cfg.optim.get("momentum", 0.0), cfg.optim.get("nesterov", False)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
 
 
 def make_penalty(cfg: DictConfig, model: nn.Module) -> WeightPenalty:
@@ -134,7 +140,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         step.backward(data_loss + term if penalty.in_loss else data_loss)
         step.update(optimizer)
-        penalty.after_step(lr)
+        penalty.after_step(step.applied_lr(lr))  # none after a step 16-mixed's scaler skipped
         if max_norm is not None:
             max_norm_linear_(model, max_norm)
         with torch.no_grad():
@@ -381,6 +387,8 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     if resume_from is not None and resume_from["epoch"] > cfg.trainer.epochs:
         raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
     set_deterministic(cfg.trainer.deterministic)
+    set_matmul_precision(cfg.trainer.matmul_precision)
+    reset_peak_memory(device)
     seed_everything(cfg.seed)
     log.info("training on %s", device)
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
@@ -394,7 +402,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         status = result["status"]
     finally:
         logger.close(status)
-    write_json_atomic(metrics_path, result | {"experiment_id": experiment_id(cfg)})
+    write_json_atomic(metrics_path, result | peak_memory(device, "peak_memory_bytes") | {"experiment_id": experiment_id(cfg)})
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
         log.warning("to resume: %s", resume_command(HydraConfig.get(), HydraConfig.get().mode == RunMode.MULTIRUN))

@@ -64,8 +64,9 @@ HPARAM_KEYS = (
     "data.batch_size",
     "seed",
     "trainer.epochs",
-    "trainer.precision",  # both change the numbers a run gives
+    "trainer.precision",  # these change the numbers a run gives
     "trainer.compile",
+    "trainer.matmul_precision",
 )
 HParam = bool | int | float | str
 # metrics.json status -> the HParams session's status (a diverged run is a failed session). An interrupted

@@ -52,12 +52,19 @@ from regularization.checkpoint import (
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
 from regularization.data import load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
-from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
+from regularization.gpu import (
+    failure_message,
+    is_sticky_cuda_error,
+    peak_memory,
+    release_cached_memory,
+    reset_peak_memory,
+    sticky_cuda_error,
+)
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
-from regularization.step import Step
+from regularization.step import Step, set_matmul_precision
 
 # The keys in which the members of one stacked group may differ.
 STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
@@ -448,6 +455,7 @@ def fit_group(
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
+    set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
@@ -636,6 +644,7 @@ def train_group(
         return before + time.perf_counter() - start
 
     try:
+        reset_peak_memory(device)
         results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
@@ -663,7 +672,9 @@ def train_group(
     wall = elapsed()
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
-        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)}
+        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(
+            device, "group_peak_memory_bytes"
+        )
         ids = [{"experiment_id": experiment_id(cfg)} for cfg in cfgs]
         list(pool.map(lambda r, d, i: write_json_atomic(d / "metrics.json", r | shares | i), results, out_dirs, ids))
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]
