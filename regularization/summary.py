@@ -247,6 +247,12 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return sorted(keys, key=lambda k: (k != "sweep", k.lstrip("+~")))
 
 
+def untied_keys(swept: list[str], jobs: list[Job]) -> list[str]:
+    """The swept keys less those tied to an earlier one ('model.hidden2=${model.hidden1}': the same value in every
+    job): a plot's axes, one per independent key; the labels name the tied keys too."""
+    return [k for i, k in enumerate(swept) if not any(all(j.keys.get(k) == j.keys.get(t) for j in jobs) for t in swept[:i])]
+
+
 def setting_stats(setting: str, jobs: list[Job], metric: str | None = None) -> dict[str, Any]:
     """Mean and sample std (n−1) of the final metrics (STATS and the chosen metric) over the setting's completed
     jobs, with the setting's keys."""
@@ -349,16 +355,18 @@ def sweep_plot_data(jobs: list[Job], metric: str | None = None, baseline: str | 
     from regularization.plots import Setting, Sweep, values_label  # matplotlib, imported when a sweep ends (Hydra starts faster)
 
     swept = swept_keys(jobs)
+    axes = untied_keys(swept, jobs)
     settings = []
     for group in group_by_setting(jobs).values():
         done = [j for j in group if j.completed]
-        keys = {k: group[0].keys.get(k) for k in swept}
+        label = values_label({k: group[0].keys.get(k) for k in swept}, swept)
+        keys = {k: group[0].keys.get(k) for k in axes}
         diverged = sum(j.metrics.get("status") == "diverged" for j in group)
         histories = [j.metrics.get("history") or [] for j in done]
-        settings.append(Setting(values_label(keys, swept), keys, histories, [j.metrics for j in done], diverged))
+        settings.append(Setting(label, keys, histories, [j.metrics for j in done], diverged))
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
     penalized = any(_select(j.config, "reg.penalty") in ("l1", "l2") for j in jobs)
-    return Sweep(settings, swept, classification, penalized, metric or default_metric(jobs), baseline)
+    return Sweep(settings, axes, classification, penalized, metric or default_metric(jobs), baseline)
 
 
 def default_metric(jobs: list[Job]) -> str:
@@ -368,7 +376,7 @@ def default_metric(jobs: list[Job]) -> str:
 
 def comparison_rows(jobs: list[Job], metric: str, baseline: str) -> list[dict[str, Any]]:
     """Each setting's gain in ``metric`` over the baseline (KEY=VALUE), paired by seed (regularization.comparison)."""
-    swept = swept_keys(jobs)
+    swept = untied_keys(swept_keys(jobs), jobs)  # a tied key moves with its key: not another key to compare within
     records = [({k: j.keys.get(k) for k in [*swept, SEED_KEY]}, j.metrics.get(metric) if j.completed else None) for j in jobs]
     return compare(records, swept, baseline, SEED_KEY)
 

@@ -587,15 +587,14 @@ def fit_members(
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
-        if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
-            raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
         optimizer.scale_lr(lr_factor(epoch - 1))
         objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm, step)
         if first.trainer.compile and epoch == 1:
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
-        if epoch % every == 0 or epoch == epochs:
+        stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
+        if epoch % every == 0 or epoch == epochs or stop:  # the events end at the stop
             alive = (active & ~diverged).tolist()
             with step.autocast():
                 evaluated = evaluate_all(net, data, penalty, objective, first.sparsity_threshold)
@@ -614,11 +613,13 @@ def fit_members(
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-        if checkpoint is not None and (cadence.due(epoch) or not bool(active.any())):  # the last epoch any member trains
+        if checkpoint is not None and (cadence.due(epoch) or stop or not bool(active.any())):  # or the last epoch any member trains
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
             cadence.saved()
+        if stop:  # ends as an interrupted group, its checkpoint at this epoch
+            raise KeyboardInterrupt
     for k, (result, history) in enumerate(zip(results, histories, strict=True)):
         stopper = stoppers[k] if stoppers else None
         result |= run_result(history) | selection_result(history, cfgs[k], stopper, result["status"] == "completed")
@@ -715,7 +716,8 @@ def train_group(
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
         done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
-        for d in out_dirs:
+        for d, logger in zip(out_dirs, loggers, strict=True):
+            logger.purge_from(done + 1)  # TensorBoard hides the epochs past the checkpoint (a second Ctrl-C's)
             write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
         log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))

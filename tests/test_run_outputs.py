@@ -317,3 +317,25 @@ def test_vectorized_members_share_the_group_time_and_log_the_groups_losses(make_
     losses = sorted(m["history"][-1]["test_loss"] for m in metrics)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 3/3"))
     assert f"test_loss {sum(losses) / 2:.4g} ({losses[0]:.4g}–{losses[1]:.4g})" in line and "train_loss" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_key_tied_to_a_swept_key_names_the_job_labels_the_plots_and_is_in_hparams(tmp_path, launcher):
+    """docs/study.md's tie: `'model.hidden2=${model.hidden1}'` in a sweep over model.hidden1. Each job is named and
+    logged with the value it got, never Hydra's escaped `$\\{model.hidden1\\}`; the plots keep one axis, hidden1."""
+    from regularization.summary import collect_jobs, sweep_plot_data
+    from tests.conftest import run_train
+
+    args = ["-m", "model=mlp", "model.hidden1=8,16", "model.hidden2=${model.hidden1}", "trainer.epochs=2", f"hydra/launcher={launcher}"]
+    proc = run_train(args, tmp_path)
+    assert "$\\{" not in proc.stdout + proc.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    for hidden in (8, 16):
+        job = sweep / f"model.hidden1={hidden},model.hidden2={hidden}"
+        assert OmegaConf.load(job / ".hydra" / "config.yaml").model.hidden2 == hidden
+        hparams, _, _ = hparams_session(job)
+        assert hparams["model.hidden1"] == hparams["model.hidden2"] == hidden
+    plotted = sweep_plot_data(collect_jobs(sweep))
+    assert plotted.swept == ["model.hidden1"]
+    assert sorted(s.label for s in plotted.settings) == ["model.hidden1=16, model.hidden2=16", "model.hidden1=8, model.hidden2=8"]

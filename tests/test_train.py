@@ -23,7 +23,7 @@ def metrics(job_dir: Path) -> dict:
 
 def test_single_run_writes_events_and_metrics(tmp_path):
     proc = run_train(["trainer.epochs=4", "reg.lambd=3"], tmp_path)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / "reg.lambd=3,trainer.epochs=4").iterdir()  # named by its overrides, then its time
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 4
     assert {"train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "wall_s"} <= m.keys()
@@ -88,7 +88,7 @@ def test_dropout_fidelity_on_fashion_mnist(tmp_path, reg):
     Intel Xeon, 0.8503 on an AMD EPYC), so the bound is 0.85 less about 2.5 sd."""
     root = real_data_root()
     run_train(["+experiment=dropout", f"reg={reg}", f"data.root={root}"], tmp_path, timeout=900)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / f"+experiment=dropout,reg={reg}").iterdir()
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 10
     assert m["test_acc"] >= 0.83 and m["train_loss"] < 0.4

@@ -150,6 +150,7 @@ class VectorizedLauncher(Launcher):
         """
         import torch
 
+        from regularization.checkpoint import stop_after_epoch
         from regularization.config import resolve_device
         from regularization.engine import set_deterministic
         from regularization.parallel import check_compile_threads, group_devices, run_per_device
@@ -183,7 +184,8 @@ class VectorizedLauncher(Launcher):
             set_matmul_precision(mode[1])
             phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if modes(g) == mode]
             try:
-                run_per_device(phase, stop_requested)
+                with stop_after_epoch(stop_requested):  # Ctrl-C: each group checkpoints the epoch in progress and stops
+                    run_per_device(phase, stop_requested)
             except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
                 log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
                 raise SystemExit(130) from None
