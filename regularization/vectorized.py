@@ -55,6 +55,7 @@ from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed
 from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
+from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
 from regularization.step import Step
@@ -441,18 +442,22 @@ def fit_group(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
+    ``position``: where the group stands in its sweep, for its progress lines and bar.
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
-    with cpu_threads(1 if small else None):
-        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed)
+    done = resume_from["epoch"] if resume_from else 0
+    enabled = progress_enabled(cfgs[0].trainer.progress)
+    with cpu_threads(1 if small else None), GroupProgress(position, cfgs[0].trainer.epochs, enabled, done) as progress:
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress)
 
 
 @dataclass
@@ -511,6 +516,7 @@ def fit_members(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    progress: GroupProgress | None = None,
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -548,6 +554,7 @@ def fit_members(
         if first.trainer.compile and epoch == 1:
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
+        detail = f"{int((active & ~diverged).sum())} of {K} members training"
         if epoch % every == 0 or epoch == epochs:
             alive = (active & ~diverged).tolist()
             with step.autocast():
@@ -558,7 +565,7 @@ def fit_members(
                     histories[k].append({"epoch": epoch, **metrics})
                     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                         diverged[k] = True
-            log.info("epoch %d/%d: %d of %d members training; %s", epoch, epochs, sum(alive), K, spread(histories, epoch))
+            detail = f"{sum(alive)} of {K} members training; {spread(histories, epoch)}"
         if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
             for k in diverged.nonzero().flatten().tolist():
                 log.warning("member %d, epoch %d: the loss is not finite; stopping it (status diverged)", k, epoch)
@@ -570,6 +577,8 @@ def fit_members(
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
             cadence.saved()
+        if progress is not None:
+            progress.epoch_done(epoch, detail)
     for result, history in zip(results, histories, strict=True):
         result |= run_result(history) | {"history": history}
         if first.trainer.compile:
@@ -602,7 +611,11 @@ def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = 
 
 
 def train_group(
-    cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device, hydra_cfgs: list[DictConfig] | None = None
+    cfgs: list[DictConfig],
+    out_dirs: list[Path],
+    device: torch.device,
+    hydra_cfgs: list[DictConfig] | None = None,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[float]:
     """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
     member's final ``optimize_metric`` (NaN unless it completed).
@@ -612,7 +625,8 @@ def train_group(
     member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
     engine.run marks a failed job; at Ctrl-C every member is marked interrupted, the group checkpoint
-    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130.
+    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130. ``position``: where the
+    group stands in its sweep, for the progress lines.
     """
     checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
@@ -635,7 +649,7 @@ def train_group(
         return before + time.perf_counter() - start
 
     try:
-        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
