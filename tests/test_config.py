@@ -44,8 +44,6 @@ BAD_INPUTS = [
     (["trainer.epoch=3"], "epoch"),
     (["data.batch_size=0"], "data.batch_size"),
     (["data.n_train=0"], "data.n_train"),
-    (["+experiment=dropout", "data.n_train=0"], "data.n_train"),
-    (["+experiment=dropout", "data.n_train=60001"], "data.n_train"),
     (["data.noise=-1"], "data.noise"),
     (["data=imagenet"], "data"),
     (["seed=one"], "seed"),

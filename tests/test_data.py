@@ -44,16 +44,6 @@ def test_fashion_mnist_loader_reads_idx(tmp_path, gz):
     assert torch.allclose(ds.X_train[0], torch.tensor(list(raw), dtype=torch.float32) / 255)
 
 
-def test_fashion_mnist_subset_is_drawn_from_subset_seed_alone(tiny_fashion_root):
-    full = fashion_mnist(tiny_fashion_root)
-    a, b, other = (fashion_mnist(tiny_fashion_root, n_train=50, subset_seed=s) for s in (0, 0, 1))
-    assert a.X_train.shape == (50, 784) and torch.equal(a.X_train, b.X_train) and torch.equal(a.y_train, b.y_train)
-    assert not torch.equal(a.X_train, other.X_train)
-    assert torch.equal(a.X_test, full.X_test)  # the test set is never subsampled
-    rows = {tuple(x.tolist()): y for x, y in zip(full.X_train, full.y_train.tolist(), strict=True)}
-    assert all(rows[tuple(x.tolist())] == y for x, y in zip(a.X_train, a.y_train.tolist(), strict=True))  # images keep their labels
-
-
 def test_missing_fashion_mnist_says_where_to_put_it(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.root.*FashionMNIST/raw.*`make data`.*data\.download=true"):
         ensure_fashion_mnist(tmp_path, download=False)
