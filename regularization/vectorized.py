@@ -650,6 +650,8 @@ def train_group(
 
     try:
         results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
+        for logger, result in zip(loggers, results, strict=True):
+            logger.log_result(result)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them

@@ -65,6 +65,8 @@ def test_a_run_whose_loss_spikes_is_flagged_unstable(tmp_path, launcher):
     assert steady["status"] == spiking["status"] == "completed"
     assert steady["unstable"] is False and steady["spike_epoch"] is None
     assert spiking["unstable"] is True and 2 <= spiking["spike_epoch"] <= 10
+    assert scalars(sweep / "optim.lr=0.05")["run/unstable"] == [(10, 1.0)]  # a column of the HParams tab
+    assert scalars(sweep / "optim.lr=0.003")["run/unstable"] == [(10, 0.0)]
     table = proc.stdout.split("Sweep summary")[-1]
     assert re.search(r"optim.lr=0.003 +completed +no ", table) and re.search(r"optim.lr=0.05 +completed +YES ", table)
 
