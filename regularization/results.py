@@ -13,9 +13,12 @@ SPIKE_FLOOR = 0.01
 
 
 def final_metrics(history: list[dict]) -> dict[str, float | None]:
-    """The last evaluation's metrics (None where the run never evaluated)."""
+    """The last evaluation's metrics (None where the run never evaluated), and ``acc_gap``, the generalization
+    gap train_acc − test_acc (None for regression): how far the run overfits."""
     final = history[-1] if history else {}
-    return {key: final.get(key) for key in FINAL_KEYS}
+    metrics = {key: final.get(key) for key in FINAL_KEYS}
+    accs = metrics["train_acc"], metrics["test_acc"]
+    return metrics | {"acc_gap": accs[0] - accs[1] if None not in accs else None}
 
 
 def _finite(value: float | None) -> bool:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from regularization.logging import RunLogger
 from regularization.plots import SLOT, Sweep, draw_curves, draw_final_vs_key, set_x_scale, sweep_panels
-from regularization.results import best_metrics, first_spike, stability
+from regularization.results import best_metrics, final_metrics, first_spike, stability
 from regularization.summary import collect_jobs, console_report, summarize_sweep, sweep_plot_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,6 +281,8 @@ def test_best_epoch():
     ]
     assert best_metrics(history) == {"best_test_loss": 1, "best_test_loss_epoch": 2, "best_test_acc": 0.9, "best_test_acc_epoch": 3}
     assert best_metrics([{"epoch": 1, "test_loss": 2.0, "test_acc": None}])["best_test_acc"] is None  # regression
+    assert final_metrics(history[:3] + [{"epoch": 4, "train_acc": 0.99, "test_acc": 0.8}])["acc_gap"] == pytest.approx(0.19)
+    assert final_metrics([{"epoch": 1, "train_acc": None, "test_acc": None}])["acc_gap"] is None  # regression
 
 
 def losses(values: list[float], every: int = 1) -> list[dict]:
