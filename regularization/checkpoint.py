@@ -42,6 +42,7 @@ RESUMABLE_KEYS = (
     "optimize_direction",
     "sparsity_threshold",  # what is reported, not what is trained
     "optimize_seeds",
+    "summary",  # what the sweep's summary shows
 )
 
 

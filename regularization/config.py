@@ -154,12 +154,21 @@ class TrainerConfig:
 
 
 @dataclass
+class SummaryConfig:
+    """What a sweep's summary shows (regularization.summary); read from the sweep's config when it ends."""
+
+    baseline: str | None = None  # KEY=VALUE of a swept key (reg.lambd=0): every setting's gain over it, paired by seed
+    metric: str | None = None  # any number in metrics.json; null: test_acc, or test_loss for regression
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     reg: Any = MISSING
     data: Any = MISSING
     optim: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
     seed: int = 0
     device: str = "auto"
     resume: bool = True
@@ -271,6 +280,7 @@ def _suggest(path: str, known: list[str]) -> str:
 def known_keys() -> list[str]:
     """Every dotted key that some schema allows: the top level's, the trainer's, and each group's over its schemas."""
     keys = {f.name for f in dataclasses.fields(Config)} | {f"trainer.{f.name}" for f in dataclasses.fields(TrainerConfig)}
+    keys |= {f"summary.{f.name}" for f in dataclasses.fields(SummaryConfig)}
     keys |= {f"{group}.{f.name}" for group, _, node in SCHEMAS for f in dataclasses.fields(node)}
     return sorted(keys)
 

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import regularization  # noqa: E402
 from regularization.data import load_data  # noqa: E402
 from regularization.engine import make_optimizer, make_penalty, make_step, seed_everything, train_epoch  # noqa: E402
 from regularization.logging import write_json_atomic  # noqa: E402
+from regularization.machine import cpu_model  # noqa: E402
 from regularization.models import build_model  # noqa: E402
 from regularization.step import Step  # noqa: E402
 
@@ -271,7 +271,7 @@ def startup_ratio(repeats: int = 5) -> dict:
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def write_report(device: torch.device, rows: dict[str, dict], quick: bool, load_before: tuple[float, ...]) -> Path:

