@@ -150,7 +150,7 @@ def test_batch_bar_only_for_slow_epochs(monkeypatch):
 
 def test_group_progress_estimates_from_its_own_pace(monkeypatch, caplog):
     clock = iter([100.0, 130.0, 160.0])  # the bar starts at 100 s; epochs 4 and 5 (resumed after 3) take 30 s each
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress, "clock", lambda: next(clock))
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with caplog.at_level(logging.INFO, logger="regularization"), progress.GroupProgress(SweepPosition(2, 3, 10), 10, True, done=3) as bar:
