@@ -344,3 +344,50 @@ def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs
     assert all(r["status"] == "completed" for r in got + alone)
     for key in ("test_loss", "weight_l2_norm"):
         assert_same_mean([g[key] for g in got[: len(seeds)]], [a[key] for a in alone])
+
+
+SCHEDULES = {
+    "step+warmup": ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5", "optim.warmup_epochs=2"],
+    "cosine": ["optim.schedule=cosine"],
+    "adam+cosine+warmup": ["optim=adam", "optim.lr=0.01", "optim.schedule=cosine", "optim.warmup_epochs=3"],
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_scheduled_members_equal_single_runs(make_cfg, schedule):
+    """The schedule's factor on every member's own lr (members differ in lr, λ and seed): within 1e-4 of single runs."""
+    members = [SHORT_WD + schedule + extra for extra in ([], ["optim.lr=0.001", "reg.lambd=0.5"], ["seed=3"])]
+    for g, m in zip(stacked(make_cfg, members), members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+
+
+# The regression from a small init at a larger lr overfits within a few epochs (tests/test_validation.py): with a
+# validation split and early stopping, members stop at different epochs, or not at all.
+EARLY_STOPPING = ["trainer.epochs=40", "data.val_size=50", "model.init_std=0.01", "optim.lr=0.01", "trainer.early_stopping.patience=3"]
+
+
+def test_early_stopped_members_equal_single_runs(make_cfg):
+    """Each member stops on its own validation loss, keeps its best epoch, and equals its single run; the others train on."""
+    base = [*EARLY_STOPPING, "optim.schedule=step", "optim.step_size=5", "optim.gamma=0.7"]
+    members = [base, base + ["optim.lr=0.02"], base + ["seed=3"], base + ["reg.lambd=1"]]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+    stops = [g["stopped_epoch"] for g in got]
+    assert None in stops and len({s for s in stops if s is not None}) >= 2, stops  # independently, or not at all
+    for g in got:
+        assert g["status"] == "completed" and g["test_loss"] == g["history"][g["best_epoch"] - 1]["test_loss"]
+
+
+def test_validation_split_members_equal_single_runs_on_classification(make_cfg, tiny_fashion_root):
+    """The validation split of a shared Fashion-MNIST (val_loss, val_acc), a warmup, and early stopping: at lr 1 the
+    validation loss rises at epoch 3 and the member stops there; at lr 0.5 it trains on."""
+    base = ["model=mlp", "model.hidden1=32", "model.hidden2=16", "data=fashion_mnist", f"data.root={tiny_fashion_root}"]
+    base += ["data.batch_size=32", "data.val_size=50", "trainer.epochs=5", "optim.warmup_epochs=2"]
+    base += ["trainer.early_stopping.patience=1"]
+    members = [base + ["optim.lr=1"], base + ["optim.lr=0.5", "seed=4"]]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+    assert [g["stopped_epoch"] for g in got] == [3, None]
+    assert got[0]["val_acc"] is not None and got[0]["test_acc_at_best_val"] is not None
