@@ -440,6 +440,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         data = load_data(cfg, device)
         model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
         result = fit(cfg, data, model, logger, checkpoint, resume_from)
+        logger.log_result(result)
         status = result["status"]
     finally:
         logger.close(status)

@@ -303,6 +303,13 @@ class RunLogger:
         self.writer.purge_from(epoch)
         self.writer.flush()
 
+    def log_result(self, result: dict) -> None:
+        """The run's flag as a scalar at its last epoch, so the HParams tab can sort and filter by it: ``run/unstable``
+        (1: the train loss spiked, ``results.first_spike``). Only for a run that is over: an interrupted one's
+        resumed run writes it."""
+        if result["status"] in ("completed", "diverged") and result.get("unstable") is not None:
+            self.writer.add_scalars({"run/unstable": float(result["unstable"])}, result["epochs"])
+
     def log_hparams(self, hparams: dict[str, HParam]) -> None:
         """Write the session-start summary into this run's own event file, as Lightning's TensorBoardLogger does.
 

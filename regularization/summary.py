@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from regularization.comparison import ComparisonError, check_metric, compare, parse_baseline, same_value
 from regularization.logging import TAGS, log, parse_override, write_text_atomic
 from regularization.parallel import long_lived_heap_frozen
-from regularization.results import CONVERGENCE_TOL, converged
+from regularization.results import SPIKE_FACTOR, stability
 
 if TYPE_CHECKING:
     from regularization.plots import Sweep
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # Each job's row: its name, one column per identifying key (``Job.keys``), then these.
 METRIC_COLUMNS = [
     "status",
-    "converged",
+    "unstable",
     "epochs",
     "train_loss",
     "test_loss",
@@ -183,9 +183,9 @@ class Job:
         return self.metrics.get(key)
 
     def row(self) -> dict[str, Any]:
-        history = self.metrics.get("history") or []
-        done = converged(history, self.metrics["epochs"]) if self.completed and self.metrics.get("epochs") else None
-        return {"job": self.name} | self.keys | {key: self.metric(key) for key in METRIC_COLUMNS} | {"converged": done}
+        # A metrics.json from before the spike rule: the flag from its history.
+        unstable = self.metrics["unstable"] if "unstable" in self.metrics else stability(self.metrics.get("history") or [])["unstable"]
+        return {"job": self.name} | self.keys | {key: self.metric(key) for key in METRIC_COLUMNS} | {"unstable": unstable}
 
 
 def read_job(job_dir: Path, naming: Naming | None = None) -> Job:
@@ -259,7 +259,7 @@ def setting_stats(setting: str, jobs: list[Job], metric: str | None = None) -> d
     done = [j for j in jobs if j.completed]
     keys = {k: v for k, v in jobs[0].keys.items() if k != SEED_KEY}
     stats: dict[str, Any] = {"setting": setting, **keys, "completed": len(done), "jobs": len(jobs)}
-    stats["not_converged"] = sum(row["converged"] is False for row in (j.row() for j in done))
+    stats["unstable"] = sum(row["unstable"] is True for row in (j.row() for j in done))
     for key in _stat_keys(metric):
         values = [v for j in done if is_finite(v := j.metric(key))]
         stats[f"{key}_mean"] = statistics.fmean(values) if values else None
@@ -299,16 +299,16 @@ def mean_std_table(stats: list[dict[str, Any]], markdown: bool, hidden: set[str]
     """Mean ± std per setting; the seeds column counts completed of all jobs."""
     keys = [k.removesuffix("_mean") for k in stats[0] if k.endswith("_mean")]
     cols = [k for k in keys if k not in hidden and any(s[f"{k}_mean"] is not None for s in stats)]
-    cells = [["setting", "seeds", "not converged", *cols]]
-    cells += [[s["setting"], f"{s['completed']}/{s['jobs']}", str(s["not_converged"]), *(_mean_std(s, k) for k in cols)] for s in stats]
+    cells = [["setting", "seeds", "unstable", *cols]]
+    cells += [[s["setting"], f"{s['completed']}/{s['jobs']}", str(s["unstable"]), *(_mean_std(s, k) for k in cols)] for s in stats]
     return _grid(cells, markdown)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
+    if isinstance(value, bool):  # unstable: the flag stands out
+        return "YES" if value else "no"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -342,7 +342,7 @@ def write_summary(out_dir: Path, rows: list[dict[str, Any]], stats: list[dict[st
     section of summary.md (``write_comparison``), if any."""
     write_text_atomic(Path(out_dir) / "summary.csv", _csv(rows, _columns(rows)))
     md = f"Metric of the plots and the comparison: {metric} (summary.metric, --metric).\n\n" + job_table(rows, markdown=True, metric=metric)
-    md += f"\nconverged: the train loss moved by at most {CONVERGENCE_TOL:.0%} over the last 10% of the epochs (NO: still moving).\n"
+    md += f"\nunstable: the train loss rose above {SPIKE_FACTOR:g}× its lowest earlier value (docs/outputs.md).\n"
     if stats:
         md += "\n### Mean ± std over seeds (completed jobs; std with n−1)\n\n" + mean_std_table(stats, markdown=True, hidden=_hidden(rows))
         write_text_atomic(Path(out_dir) / "summary_by_setting.csv", _csv(stats, _columns(stats)))

@@ -64,6 +64,7 @@ from regularization.gpu import (
 )
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
+from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
 from regularization.schedule import factor_of
@@ -471,19 +472,23 @@ def fit_group(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
+    ``position``: where the group stands in its sweep, for its progress lines and bar.
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
-    with cpu_threads(1 if small else None):
-        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed)
+    done = resume_from["epoch"] if resume_from else 0
+    enabled = progress_enabled(cfgs[0].trainer.progress)
+    with cpu_threads(1 if small else None), GroupProgress(position, cfgs[0].trainer.epochs, enabled, done) as progress:
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress)
 
 
 @dataclass
@@ -553,6 +558,7 @@ def fit_members(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    progress: GroupProgress | None = None,
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -594,6 +600,7 @@ def fit_members(
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
         stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
+        detail = f"{int((active & ~diverged).sum())} of {K} members training"
         if epoch % every == 0 or epoch == epochs or stop:  # the events end at the stop
             alive = (active & ~diverged).tolist()
             with step.autocast():
@@ -604,7 +611,7 @@ def fit_members(
                     histories[k].append({"epoch": epoch, **metrics})
                     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                         diverged[k] = True
-            log.info("epoch %d/%d: %d of %d members training; %s", epoch, epochs, sum(alive), K, spread(histories, epoch))
+            detail = f"{sum(alive)} of {K} members training; {spread(histories, epoch)}"
             if stoppers:
                 stop_members(state, net, evaluated, [a and not d for a, d in zip(alive, diverged.tolist(), strict=True)], epoch)
         if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
@@ -618,6 +625,8 @@ def fit_members(
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
             cadence.saved()
+        if progress is not None:
+            progress.epoch_done(epoch, detail)
         if stop:  # ends as an interrupted group, its checkpoint at this epoch
             raise KeyboardInterrupt
     for k, (result, history) in enumerate(zip(results, histories, strict=True)):
@@ -677,7 +686,11 @@ def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = 
 
 
 def train_group(
-    cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device, hydra_cfgs: list[DictConfig] | None = None
+    cfgs: list[DictConfig],
+    out_dirs: list[Path],
+    device: torch.device,
+    hydra_cfgs: list[DictConfig] | None = None,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[float]:
     """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
     member's final ``optimize_metric`` (NaN unless it completed).
@@ -687,7 +700,8 @@ def train_group(
     member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
     engine.run marks a failed job; at Ctrl-C every member is marked interrupted, the group checkpoint
-    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130.
+    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130. ``position``: where the
+    group stands in its sweep, for the progress lines.
     """
     checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
@@ -711,7 +725,9 @@ def train_group(
 
     try:
         reset_peak_memory(device)
-        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
+        for logger, result in zip(loggers, results, strict=True):
+            logger.log_result(result)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
