@@ -118,6 +118,9 @@ class FashionMNISTConfig(DataConfig):
     batch_size: int = 256
     root: str = "data"
     download: bool = False
+    # null: the whole split (60,000 and 10,000 images); k: its first k images, for a quick try of a command
+    n_train: int | None = None
+    n_test: int | None = None
 
 
 @dataclass
@@ -359,6 +362,10 @@ def validate(cfg: DictConfig) -> None:
         for key in ("n_train", "n_test", "num_inputs"):
             _require(cfg.data[key] >= 1, f"data.{key}", f"must be >= 1, got {cfg.data[key]}")
         _require(cfg.data.noise >= 0, "data.noise", f"must be >= 0, got {cfg.data.noise}")
+    else:
+        for key in ("n_train", "n_test"):
+            n = cfg.data[key]
+            _require(n is None or n >= 1, f"data.{key}", f"must be >= 1, or null for the whole split; got {n}")
     _require(cfg.sparsity_threshold > 0, "sparsity_threshold", f"must be > 0, got {cfg.sparsity_threshold}")
     _validate_metric(cfg)
 

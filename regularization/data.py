@@ -90,13 +90,15 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
         )
 
 
-def fashion_mnist(root: str | Path) -> Dataset:
-    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels."""
+def fashion_mnist(root: str | Path, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels; the first
+    n_train and n_test images of each split when set (None: all of it)."""
     from torchvision.datasets import FashionMNIST
 
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ds = FashionMNIST(str(root), train=train, download=False)
-        return ds.data.flatten(1).float().div_(255), ds.targets.long()
+        n = n_train if train else n_test
+        return ds.data[:n].flatten(1).float().div_(255), ds.targets[:n].long()
 
     (X_train, y_train), (X_test, y_test) = split(True), split(False)
     return Dataset(X_train, y_train, X_test, y_test, num_outputs=len(FashionMNIST.classes))
@@ -115,7 +117,7 @@ def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
     if data.name == "synthetic":
         ds = synthetic_regression(data.n_train, data.n_test, data.num_inputs, data.noise, cfg.seed)
     else:
-        ds = fashion_mnist(data.root)
+        ds = fashion_mnist(data.root, data.n_train, data.n_test)
     features = PRECISIONS.get(str(OmegaConf.select(cfg, "trainer.precision", default="32")), torch.float32)
     X_train, X_test = (X.to(device, features) for X in (ds.X_train, ds.X_test))
     return Dataset(X_train, ds.y_train.to(device), X_test, ds.y_test.to(device), ds.num_outputs)
