@@ -255,7 +255,8 @@ def test_every_documented_command_is_run_or_says_why_not():
     assert len(COMMANDS) >= 60, f"found only {len(COMMANDS)} documented commands: is the collector broken?"
     problems = [f"{c.where}: `{c.text}`: cannot fill {u}" for c in COMMANDS if why_not_run(c) is None for u in unfillable(c)]
     known = {dc.normalized(c) for c in COMMANDS}
-    problems += [f"{name} names a command no doc has: {k}" for name, keys in (("KNOWN_FAILURES", KNOWN_FAILURES), ("CLAIMS", CLAIMS)) for k in keys if k not in known]
+    for name, keys in (("KNOWN_FAILURES", KNOWN_FAILURES), ("CLAIMS", CLAIMS)):
+        problems += [f"{name} names a command no doc has: {k}" for k in keys if k not in known]
     problems += [f"NOT_RUN names no documented command: {s}" for s in NOT_RUN if s not in {c.script for c in COMMANDS} | known]
     problems += [f"{c.where}: `{c.text}` cannot run as written: {c.words[0]} is not executable" for c in COMMANDS if not_executable(c)]
     untested = [c for c in COMMANDS if why_not_run(c) is None and not runnable_here(c) and not set(needs(c)) & {"slurm", "cuda"}]
