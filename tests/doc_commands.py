@@ -181,8 +181,8 @@ def collect(docs: list[Path] = DOCS) -> list[DocCommand]:
 
 def normalized(cmd: DocCommand) -> str:
     """The command with the interpreter spelled one way: `python train.py` and `.venv/bin/python train.py` are one."""
-    words = cmd.words
-    return shlex.join(["python", *words[1:]] if words[0] in PYTHONS else words)
+    first, _, rest = cmd.text.partition(" ")
+    return f"python {rest}" if first in PYTHONS else cmd.text
 
 
 # --- running ---------------------------------------------------------------------------------------------------

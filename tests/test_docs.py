@@ -183,8 +183,8 @@ KNOWN_FAILURES: dict[str, str] = {
     "python train.py -m reg.lambd=0,1,3,10 hydra/launcher=joblib hydra.launcher.n_jobs=2": FINDING_1,
     "python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=4 reg.lambd=0,1,3,10": FINDING_1,
     "python train.py -m hydra/launcher=submitit_local reg.lambd=0,3": FINDING_1,
-    "python scripts/summarize.py 'outputs/multirun/<sweep>'": f"its <sweep> is the joblib line's: {FINDING_1}",
-    "python scripts/summarize.py '<sweep A>' '<sweep B>' --out outputs/comparison": f"its <sweep B> is the joblib line's: {FINDING_1}",
+    "python scripts/summarize.py outputs/multirun/<sweep>": f"its <sweep> is the joblib line's: {FINDING_1}",
+    "python scripts/summarize.py <sweep A> <sweep B> --out outputs/comparison": f"its <sweep B> is the joblib line's: {FINDING_1}",
 }
 # Placeholders a user replaces, and what the test puts there (sweep dirs: see sweep_producers).
 FILLS = {"hydra.launcher.array_parallelism=N": "hydra.launcher.array_parallelism=2"}
