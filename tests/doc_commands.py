@@ -14,10 +14,13 @@ following the page would.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +205,7 @@ class Outcome:
     new_sweeps: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     started: float = 0.0  # time.time() when it started, to tell the files it wrote
+    cpu_s: float = 0.0  # user + system seconds of the command and the children it waited for
 
     def tail(self, n: int = 15) -> str:
         return "\n".join((self.stdout + self.stderr).splitlines()[-n:])
@@ -230,11 +234,16 @@ def run(cmd: DocCommand, words: list[str], cwd: Path, timeout: float = 600) -> O
     before_runs, before_sweeps = dirs_under(cwd, "runs"), dirs_under(cwd, "multirun")
     argv = argv_of(cmd, words)
     started, start = time.time(), time.perf_counter()
-    try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as err:
-        code, stdout, stderr = -9, str(err.stdout or ""), f"timed out after {timeout} s\n{err.stderr or ''}"
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, text=True)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # its CPU time too, with its children's that it waited for
+        timer.cancel()
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        stdout, stderr = (f.seek(0) or f.read() for f in (out, err))
+    if code == -9:
+        stderr += f"\nkilled after {timeout} s"
     seconds = time.perf_counter() - start
     return Outcome(
         cmd,
@@ -247,6 +256,7 @@ def run(cmd: DocCommand, words: list[str], cwd: Path, timeout: float = 600) -> O
         sorted(dirs_under(cwd, "multirun") - before_sweeps),
         seconds,
         started,
+        usage.ru_utime + usage.ru_stime,
     )
 
 

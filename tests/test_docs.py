@@ -443,6 +443,7 @@ def test_documented_command_runs_as_written(cmd: dc.DocCommand, doc_runs: DocRun
     if p.fashion:
         real_data_root()  # skips without Fashion-MNIST (make data); fails when REQUIRE_FASHION_MNIST=1
     problems = check(p, out)
+    print(f"{places(cmd)}: {out.cpu_s:.1f} CPU-s, {out.seconds:.1f} s wall")  # the suite's time budget, per command
     known = KNOWN_FAILURES.get(dc.normalized(cmd))
     report = f"{places(cmd)}: `{cmd.text}`, run as `{shlex.join(out.argv)}` in {out.cwd}:\n" + "\n".join(problems)
     if problems and known:
