@@ -1,4 +1,5 @@
-# `make run`: set up .venv if missing and run the chapter's comparison. `make test`: the whole suite.
+# `make run`: set up .venv if missing and run the chapter's comparison. `make test`: the whole suite, skipping (and
+# naming) the tests that need the real Fashion-MNIST or a SLURM cluster; `make test-all`: nothing skipped.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED_DATA ?= ../shared/data/FashionMNIST/raw
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test data lint bench clean
+.PHONY: run test test-all data slurm-packages lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +32,16 @@ data:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# make test with the real Fashion-MNIST (make data) and a one-node SLURM cluster on this machine (as root), stopped
+# at the end; REQUIRE_*: a test that would skip for want of either fails instead.
+test-all: $(STAMP) data slurm-packages
+	REQUIRE_FASHION_MNIST=1 REQUIRE_SLURM=1 scripts/slurm_local.sh run $(MAKE) test
+
+# Debian's slurm-wlm and munge, which scripts/slurm_local.sh runs, installed if missing (as root).
+slurm-packages:
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 #
 #   eval "$(scripts/slurm_local.sh start)"   # prints `export SLURM_CONF=...`; sbatch, squeue, ... then use it
 #   scripts/slurm_local.sh stop              # stops the daemons it started, each by its pid, and removes the dir
+#   scripts/slurm_local.sh run CMD ARGS...   # start, CMD with SLURM_CONF exported, stop (whatever CMD's outcome)
 #
 # Needs root and Debian's slurm-wlm and munge (apt-get install slurm-wlm munge); tested with slurm-wlm 22.05.
 # Everything (config, munge key and socket, spool, state, logs, pid files) lives in one temp dir, named by
@@ -15,6 +16,13 @@ set -euo pipefail
 POINTER=/tmp/slurm-local.dir  # where `start` records its dir for `stop`
 
 start() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$0 start needs root (slurmd runs the jobs as any user)" >&2
+        exit 1
+    fi
+    for tool in munged slurmctld slurmd sinfo; do
+        command -v "$tool" >/dev/null || { echo "$tool is not installed: apt-get install slurm-wlm munge" >&2; exit 1; }
+    done
     if [ -f "$POINTER" ] && [ -d "$(cat "$POINTER")" ]; then
         echo "a local cluster is already running from $(cat "$POINTER"); run '$0 stop' first" >&2
         exit 1
@@ -99,8 +107,17 @@ stop() {
     rm -rf "$dir" "$POINTER"
 }
 
+run() {
+    local env
+    env=$(start)  # an assignment, so that set -e stops here if the cluster doesn't come up
+    trap stop EXIT
+    eval "$env"
+    "$@"
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 start|stop|run CMD [ARGS...]" >&2; exit 2 ;;
 esac

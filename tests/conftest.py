@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import getpass
 import gzip
 import os
@@ -87,7 +88,7 @@ def tiny_fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def real_data_root() -> Path:
     """data/ with the real Fashion-MNIST; skips without it, or fails when REQUIRE_FASHION_MNIST=1."""
     if not (REAL_DATA / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        message = f"Fashion-MNIST not in {REAL_DATA}/FashionMNIST/raw (run `make data`)"
+        message = f"Fashion-MNIST not in {REAL_DATA}/FashionMNIST/raw (`make data`, or `make test-all`)"
         if os.environ.get("REQUIRE_FASHION_MNIST") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -100,7 +101,7 @@ def slurm_missing() -> str | None:
     if shutil.which("sbatch") is None:
         return "sbatch is not on PATH (apt-get install slurm-wlm munge)"
     if not os.environ.get("SLURM_CONF"):
-        return 'SLURM_CONF is not set (eval "$(scripts/slurm_local.sh start)")'
+        return 'SLURM_CONF is not set (`make test-all` runs the suite on a local cluster, as root)'
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     # Up: idle, partly or fully allocated, completing, or planned (the backfill scheduler has reserved it for a
     # pending job, as an earlier test's job can leave it for a moment).
@@ -135,6 +136,20 @@ def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None =
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def the_sweep_dir(cwd: Path, n_jobs: int) -> Path:
+    """The one dir that ``train.py -m`` run in cwd without hydra.sweep.dir leaves under outputs/multirun (the default
+    ``${now:...}_${pid:}``, resolved once for every job, whatever process runs it), with its n_jobs job dirs and a
+    summary.csv listing every one of them."""
+    sweeps = sorted(p.name for p in (cwd / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1, f"one sweep dir expected in {cwd}/outputs/multirun, found {sweeps}"
+    sweep = cwd / "outputs" / "multirun" / sweeps[0]
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert len(jobs) == n_jobs, jobs
+    with open(sweep / "summary.csv") as f:
+        assert sorted(row["job"] for row in csv.DictReader(f)) == jobs
+    return sweep
 
 
 class Run(subprocess.Popen):

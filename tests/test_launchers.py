@@ -20,7 +20,8 @@ from regularization.config import ConfigError, Direction
 from regularization.engine import run
 from regularization.parallel import concurrent_jobs, gpu_for_job, job_device, launcher_threads, set_job_threads, threads_per_job
 from regularization.summary import collect, collect_jobs
-from tests.conftest import ROOT, compose_config, run_train
+from tests.conftest import ROOT, compose_config, run_train, the_sweep_dir
+from tests.test_summary import run_summarize_script
 
 TINY = ["trainer.epochs=3"]
 
@@ -149,9 +150,11 @@ ENV = {"PYTHONPATH": str(ROOT)}  # submitit's job processes import the package f
 
 
 def _sweep(tmp_path: Path, name: str, *args: str) -> Path:
-    sweep_dir = tmp_path / name
-    run_train(["-m", "reg.lambd=0,3", *TINY, f"hydra.sweep.dir={sweep_dir}", *args], cwd=tmp_path, env=ENV)
-    return sweep_dir
+    """The sweep over reg.lambd=0,3 run as a user runs it, in its own working dir with the default hydra.sweep.dir."""
+    cwd = tmp_path / name
+    cwd.mkdir()
+    run_train(["-m", "reg.lambd=0,3", *TINY, *args], cwd=cwd, env=ENV)
+    return the_sweep_dir(cwd, 2)
 
 
 def _artifacts(sweep_dir: Path) -> dict[str, dict]:
@@ -182,7 +185,7 @@ def basic_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, launcher: str) -> None:
+def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, launcher: str, monkeypatch: pytest.MonkeyPatch) -> None:
     parallel = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     sweep_dir = _sweep(tmp_path, launcher, f"hydra/launcher={launcher}", *parallel)
     expected = _artifacts(basic_sweep)
@@ -191,14 +194,18 @@ def test_launchers_match_the_basic_launcher(basic_sweep: Path, tmp_path: Path, l
     assert _artifacts(sweep_dir) == expected  # CPU, same seeds: the same numbers to the last bit
     assert _summary(sweep_dir) == _summary(basic_sweep)
     assert len(_summary(sweep_dir)) == 2  # two jobs
+    (sweep_dir / "summary.csv").unlink()
+    assert run_summarize_script(monkeypatch, str(sweep_dir)) == 0  # scripts/summarize.py on the sweep's one dir
+    assert _summary(sweep_dir) == _summary(basic_sweep)
 
 
 @pytest.mark.slow
 def test_optuna_study_finds_a_lambda(tmp_path: Path) -> None:
-    """The weight-decay search preset, cut to 4 TPE trials in 2 batches of 2."""
-    sweep_dir = tmp_path / "study"
+    """The weight-decay search preset, cut to 4 TPE trials in 2 batches of 2, each batch in 2 joblib processes: one
+    sweep dir for all of them."""
     args = ["-m", "hparams_search=weight_decay_lambda", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "trainer.epochs=5"]
-    run_train([*args, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=ENV)
+    run_train([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=tmp_path, env=ENV)
+    sweep_dir = the_sweep_dir(tmp_path, 4)
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert 1e-2 <= results.best_params["reg.lambd"] <= 1000  # the preset's range
     rows = collect(sweep_dir)
@@ -271,3 +278,11 @@ def test_hydra_view_is_what_set_config_makes(tmp_path: Path) -> None:
     assert OmegaConf.to_yaml(view) == OmegaConf.to_yaml(want)
     assert view.hydra is config.hydra and OmegaConf.is_readonly(view.hydra)
     assert view.hydra.job.name == want.hydra.job.name == "0_job"  # an interpolation into the task's keys resolves
+
+
+@pytest.mark.parametrize("path", ["outputs/multirun/2026-12-05_06-33-40_11977", "it's", "a\\b", "end\\", "${x}", "a\\${x}", "sp ace,=[]()"])
+def test_the_pinned_sweep_dir_reads_back_unchanged(tmp_path: Path, path: str) -> None:
+    """Every job composes its config with the sweep dir the sweep's process resolved, as a quoted hydra override."""
+    from hydra_plugins.regularization_sweeper import quoted
+
+    assert compose_config([f"hydra.sweep.dir={quoted(path)}"], tmp_path).hydra.sweep.dir == path

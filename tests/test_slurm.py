@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT
-from tests.conftest import Run, run_train
+from tests.conftest import Run, run_train, the_sweep_dir
 from tests.test_launchers import _artifacts
 from tests.test_reliability import final_metrics
 
@@ -120,6 +120,16 @@ def test_vectorized_slurm_groups_preempted_or_cancelled(tmp_path: Path) -> None:
 
 
 @slurm_test
+def test_slurm_launchers_write_one_sweep_dir(tmp_path: Path) -> None:
+    """Each SLURM job composes its config again, on its node: all of them write into the one sweep dir the sweep's
+    process named (its ${pid:}), which then holds the summary of every job."""
+    for launcher in ("slurm", "vectorized_slurm"):
+        (tmp_path / launcher).mkdir()
+        run_train(["-m", "reg.lambd=0,3", "trainer.epochs=2", f"hydra/launcher={launcher}", *CPU_JOB], tmp_path / launcher)
+        the_sweep_dir(tmp_path / launcher, 2)
+
+
+@slurm_test
 @pytest.mark.parametrize("launcher", ["slurm", "vectorized_slurm"])
 def test_a_partition_that_does_not_exist(tmp_path: Path, launcher: str) -> None:
     proc = run_train(
@@ -128,7 +138,7 @@ def test_a_partition_that_does_not_exist(tmp_path: Path, launcher: str) -> None:
     assert proc.returncode == 1
     assert f"hydra/launcher={launcher}: sbatch refused the sweep's jobs: sbatch: error: invalid partition specified: nope" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.rglob("metrics.json"))  # nothing trained
+    assert not list(tmp_path.glob("outputs/multirun/*"))  # nothing trained, no sweep dir
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "vectorized_slurm"])
@@ -141,7 +151,29 @@ def test_a_slurm_launcher_without_slurm(tmp_path: Path, launcher: str) -> None:
     assert proc.returncode == 1
     assert f"hydra/launcher={launcher} submits the sweep with SLURM's sbatch, which is not on PATH on this machine" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.rglob("metrics.json"))
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "vectorized_slurm"])
+def test_sbatch_without_a_reachable_controller(tmp_path: Path, launcher: str) -> None:
+    """SLURM's commands on PATH but no controller they can reach: sbatch prints where it failed first and why last.
+    The message keeps the why, in at most 3 lines, and the sweep, which never trained, leaves no dir."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    errors = [
+        "sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host",
+        "sbatch: fatal: Could not establish a configuration source",
+    ]
+    (bin_dir / "sbatch").write_text("#!/bin/sh\n" + "".join(f"echo '{line}' >&2\n" for line in errors) + "exit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that srun is there
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    path = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}"}
+    proc = run_train(["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}"], tmp_path, env=path, check=False)
+    assert proc.returncode == 1
+    message = [line for line in proc.stderr.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]  # Hydra's hint
+    assert message == [f"hydra/launcher={launcher}: sbatch refused the sweep's jobs: {errors[0]}", f"  {errors[1]}"]
+    assert not list(tmp_path.glob("outputs/multirun/*"))
 
 
 @pytest.mark.parametrize("launcher", ["vectorized_local", "vectorized_slurm"])
@@ -149,7 +181,7 @@ def test_max_members_below_one(tmp_path: Path, launcher: str) -> None:
     proc = run_train(["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}", "hydra.launcher.max_members=0"], tmp_path, check=False)
     assert proc.returncode == 1
     assert "hydra.launcher.max_members: must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
-    assert not list(tmp_path.rglob("metrics.json"))
+    assert not list(tmp_path.glob("outputs/multirun/*"))  # nothing trained, no sweep dir
 
 
 @pytest.mark.slow
@@ -157,10 +189,13 @@ def test_vectorized_local_equals_the_in_process_launcher(tmp_path: Path) -> None
     """The same groups through submitit's local executor (the vectorized_slurm code path, one process per group):
     the same artifacts per job, and the same numbers as the in-process vectorized launcher."""
     args = ["-m", "reg=l1,l2", "reg.lambd=0,3", "trainer.epochs=5", "hydra.launcher.max_members=2"]
-    run_train([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'in_process'}"], tmp_path)
-    run_train([*args, "hydra/launcher=vectorized_local", f"hydra.sweep.dir={tmp_path / 'local'}"], tmp_path)
-    expected = _artifacts(tmp_path / "in_process")
+    sweeps = {}
+    for launcher in ("vectorized", "vectorized_local"):  # each as a user runs it: its own working dir, the default sweep dir
+        (tmp_path / launcher).mkdir()
+        run_train([*args, f"hydra/launcher={launcher}"], tmp_path / launcher)
+        sweeps[launcher] = the_sweep_dir(tmp_path / launcher, 4)
+    expected = _artifacts(sweeps["vectorized"])
     assert len(expected) == 4
-    assert _artifacts(tmp_path / "local") == expected
+    assert _artifacts(sweeps["vectorized_local"]) == expected
     for job in expected:
-        assert (tmp_path / "local" / job / "train.log").read_text().count("epoch 5/5") == 1
+        assert (sweeps["vectorized_local"] / job / "train.log").read_text().count("epoch 5/5") == 1

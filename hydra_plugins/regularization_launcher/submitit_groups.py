@@ -13,11 +13,15 @@ submitit's ``AutoExecutor``, given the parameters as hydra-submitit-launcher giv
 executor inside ``launch``, which maps the launcher itself over the jobs, so that code cannot be called for groups).
 """
 
+import io
 import logging
 import math
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,16 +90,44 @@ def sbatch_missing(launcher: str) -> None:
 
 
 def submitted(executor: Any, runner: GroupRunner, groups: list[GroupSpec], launcher: str) -> list[Any]:
-    """The groups submitted as one job array; sbatch's refusal (a partition that doesn't exist, say) as a ConfigError."""
+    """The groups submitted as one job array; sbatch's failure (a partition that doesn't exist, say) as a ConfigError."""
+    with submission(launcher):
+        return executor.map_array(runner, groups)
+
+
+@contextmanager
+def submission(launcher: str) -> Iterator[None]:
+    """A block that submits jobs with submitit: sbatch's failure becomes a ConfigError of at most 3 lines that keeps
+    its cause (``refusal``).
+
+    submitit prints a failed sbatch's stderr before raising it, which would say the cause twice: stderr is held while
+    the block runs, dropped when the error quotes it, and passed on otherwise (hydra/launcher=slurm waits for its
+    jobs in the block: a warning in the meantime shows at the end; the logs go to stdout).
+    """
     from submitit.core.utils import FailedJobError
 
     from regularization.config import ConfigError
 
+    held, quoted = io.StringIO(), False
     try:
-        return executor.map_array(runner, groups)
+        with redirect_stderr(held):
+            yield
     except FailedJobError as err:
-        first = next((line for line in str(err).splitlines() if line.strip()), "no message")
-        raise ConfigError(f"hydra/launcher={launcher}: sbatch refused the sweep's jobs: {first.strip()}") from None
+        if "sbatch" not in str(err) and "batch job submission failed" not in str(err).lower():
+            raise  # a job's failure, not the submission's
+        quoted = True
+        raise ConfigError(refusal(launcher, str(err))) from None
+    finally:
+        if not quoted:
+            sys.stderr.write(held.getvalue())
+
+
+def refusal(launcher: str, stderr: str) -> str:
+    """sbatch's failure in at most 3 lines: its first error line, and its last, which says why (sbatch ends on the
+    fatal one: ``Could not establish a configuration source``, ``Batch job submission failed: ...``)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()] or ["no message"]
+    message = f"hydra/launcher={launcher}: sbatch refused the sweep's jobs: {lines[0]}"
+    return message if len(lines) == 1 else f"{message}\n  {lines[-1]}"
 
 
 class VectorizedSubmititLauncher(VectorizedLauncher):
@@ -232,18 +264,9 @@ if SlurmQueueConf is not None:
         without SLURM and for a submission that sbatch refuses."""
 
         def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001, ANN201 - Launcher's signature
-            from submitit.core.utils import FailedJobError
-
-            from regularization.config import ConfigError
-
             sbatch_missing("slurm")
-            try:
+            with submission("slurm"):
                 return super().launch(job_overrides, initial_job_idx)
-            except FailedJobError as err:
-                if "sbatch" not in str(err) and "batch job submission failed" not in str(err).lower():
-                    raise
-                first = next((line for line in str(err).splitlines() if line.strip()), "no message")
-                raise ConfigError(f"hydra/launcher=slurm: sbatch refused the sweep's jobs: {first.strip()}") from None
 
     @dataclass
     class VectorizedSlurmConf(SlurmQueueConf):

@@ -1,7 +1,9 @@
 """Hydra's basic sweeper, plus this harness's pre-flight check of every job before any trains."""
 
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,9 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # Keys that name a job whenever they are set, swept or not: they change every number the run gives.
@@ -60,6 +63,53 @@ def name_jobs_by_swept_keys(config: DictConfig) -> None:
         config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{','.join(excluded)}]")
 
 
+class SweepDirResolvedOnce(Callback):
+    """Resolves ``hydra.sweep.dir`` once, in the sweep's process, and hands every job that value.
+
+    The default dir ends in ``${now:...}_${pid:}``. Hydra composes each job's config again from the master config's
+    hydra overrides (``load_sweep_config``), in the process that runs the job: joblib's workers and submitit's jobs
+    would each resolve their own ``${pid:}`` and scatter the sweep over several dirs. Pinned as a hydra override of
+    the master config, the resolved dir reaches every sweeper (basic, validating, Optuna) and every launcher, and each
+    job's .hydra/hydra.yaml records where it wrote. The sweep's own pid still keeps two sweeps apart.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not OmegaConf.is_interpolation(config.hydra.sweep, "dir"):
+            return  # a plain path: every process reads the same
+        resolved = str(config.hydra.sweep.dir)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = resolved
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(resolved)}")
+
+
+def quoted(value: str) -> str:
+    """value as a quoted override that Hydra's parser and OmegaConf read back unchanged: a quote and ``${`` (an
+    interpolation) escaped, and the backslashes before them and at the end doubled (elsewhere a backslash is itself)."""
+    return "'" + re.sub(r"(\\*)('|\$\{|$)", lambda m: 2 * m[1] + ("\\" if m[2] else "") + m[2], value) + "'"
+
+
+# What Hydra, the launchers and submitit write before a job trains: the sweep's config, each job's .hydra/, the
+# submission files. A sweep dir holding nothing else holds no result.
+BOOKKEEPING = ("multirun.yaml", ".hydra", ".submitit")
+
+
+@contextmanager
+def removed_unless_trained(config: DictConfig) -> Iterator[None]:
+    """A sweep stopped by a ConfigError before any job trained (a bad value in its third job, sbatch failing to
+    submit) leaves no sweep dir behind, unless the dir was there before it started."""
+    from regularization.config import ConfigError
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    new = not sweep_dir.exists()
+    try:
+        yield
+    except ConfigError:
+        results = [p for p in sweep_dir.rglob("*") if p.is_file() and not set(p.relative_to(sweep_dir).parts) & set(BOOKKEEPING)]
+        if new and not results:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+
+
 class ComposedSweepLoader:
     """The config loader, with ``load_sweep_config(master, overrides)`` answered by the sweep's SweepComposer,
     which gives the config Hydra would compose, composing once per structure (a λ sweep: not at all)."""
@@ -88,17 +138,11 @@ class ValidatingSweeper(BasicSweeper):
         from regularization.config import ConfigError
 
         assert self.config is not None
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        new = not sweep_dir.exists()
         if self.config.get("optimize_seeds", 1) != 1:
             message = "averages a search's trials over seeds (hparams_search=..., hydra/sweeper=optuna_seeds); a grid sweeps seed=0,1,2"
             raise ConfigError(f"Invalid config: optimize_seeds: {message}")
-        try:
+        with removed_unless_trained(self.config):
             return super().sweep(arguments)
-        except ConfigError:
-            if new and not any(p.is_file() and p.name != "multirun.yaml" for p in sweep_dir.rglob("*")):
-                shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing ran: a sweep that never started leaves no dir
-            raise
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_launcher.compose import SweepComposer

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 class SeedAveragingOptunaSweeper(OptunaSweeper):
     """The Optuna sweeper with its launcher wrapped: each trial runs as ``optimize_seeds`` jobs, one per seed."""
 
+    def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.regularization_sweeper import removed_unless_trained
+
+        with removed_unless_trained(self.sweeper.config):
+            return super().sweep(arguments)
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_sweeper import name_jobs_by_swept_keys
         from regularization.config import ConfigError
