@@ -58,13 +58,18 @@ class DocCommand:
     @property
     def script(self) -> str:
         """The file it runs: ``train.py`` or ``scripts/NAME``."""
-        words = [w.removeprefix("$(").split()[0] for w in self.words]  # eval "$(scripts/slurm_local.sh start)"
-        return next(w for w in words if w == "train.py" or w.startswith("scripts/"))
+        return next(w for w in self.inner_words if w == "train.py" or w.startswith("scripts/"))
+
+    @property
+    def inner_words(self) -> list[str]:
+        """Its words, or for `eval "$(COMMAND)"` those of COMMAND."""
+        words = self.words
+        return shlex.split(words[1][2:-1]) if words[0] == "eval" else words
 
     @property
     def args(self) -> list[str]:
         """The words after the script."""
-        words = self.words
+        words = self.inner_words
         return words[words.index(self.script) + 1 :]
 
     @property
