@@ -176,16 +176,9 @@ PROVENANCE = (
     "the command that table {} was made with: scripts/docs_numbers.py writes it from the arguments it runs, and "
     "test_docs_numbers_regenerates_every_table_between_its_markers runs them"
 )
-# Commands that fail today for a bug another branch fixes, with the finding and the branch. They are reported as
-# expected failures; one that passes fails the test, so that its line here is deleted.
-FINDING_1 = "issue 19 finding 1: the workers resolve hydra.sweep.dir's ${pid:} again, one sweep dir each (branch dirs)"
-KNOWN_FAILURES: dict[str, str] = {
-    "python train.py -m reg.lambd=0,1,3,10 hydra/launcher=joblib hydra.launcher.n_jobs=2": FINDING_1,
-    "python train.py -m hydra/launcher=joblib hydra.launcher.n_jobs=4 reg.lambd=0,1,3,10": FINDING_1,
-    "python train.py -m hydra/launcher=submitit_local reg.lambd=0,3": FINDING_1,
-    "python scripts/summarize.py outputs/multirun/<sweep>": f"its <sweep> is the joblib line's: {FINDING_1}",
-    "python scripts/summarize.py <sweep A> <sweep B> --out outputs/comparison": f"its <sweep B> is the joblib line's: {FINDING_1}",
-}
+# Commands that fail for a bug another branch is fixing, with the finding and the branch: reported as expected
+# failures; one that passes fails the test, so that its line here is deleted.
+KNOWN_FAILURES: dict[str, str] = {}  # e.g. "python train.py -m ...": "issue 19 finding 1 (branch dirs)"
 # Placeholders a user replaces, and what the test puts there (sweep dirs: see sweep_producers).
 FILLS = {"hydra.launcher.array_parallelism=N": "hydra.launcher.array_parallelism=2"}
 UNFILLABLE = re.compile(r"<[^<>]*>|\.\.\.|…|\[-")
