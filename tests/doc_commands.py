@@ -13,6 +13,7 @@ following the page would.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -221,7 +222,7 @@ def dirs_under(cwd: Path, where: str) -> set[Path]:
     return {p for p in base.iterdir() if p.is_dir()} if base.is_dir() else set()
 
 
-def argv_of(cmd: DocCommand, words: list[str]) -> list[str]:
+def argv_of(words: list[str]) -> list[str]:
     """The command's words with this checkout's interpreter, train.py and scripts/ (the working dir is elsewhere)."""
     out = []
     for i, word in enumerate(words):
@@ -237,7 +238,7 @@ def argv_of(cmd: DocCommand, words: list[str]) -> list[str]:
 def run(cmd: DocCommand, words: list[str], cwd: Path, timeout: float = 600) -> Outcome:
     """Run one command (its words, placeholders filled and shrinking overrides appended) in cwd."""
     before_runs, before_sweeps = dirs_under(cwd, "runs"), dirs_under(cwd, "multirun")
-    argv = argv_of(cmd, words)
+    argv = argv_of(words)
     started, start = time.time(), time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, text=True)
@@ -266,8 +267,6 @@ def run(cmd: DocCommand, words: list[str], cwd: Path, timeout: float = 600) -> O
 
 
 def summary_rows(sweep: Path) -> list[dict]:
-    import csv
-
     with open(sweep / "summary.csv") as f:
         return list(csv.DictReader(f))
 
