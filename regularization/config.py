@@ -51,6 +51,14 @@ class DropoutKind(Enum):
     builtin = "builtin"  # torch.nn.Dropout
 
 
+class Schedule(Enum):
+    """The learning rate's shape over epochs (regularization.schedule.lr_factor), after the optional warmup."""
+
+    none = "none"  # constant
+    step = "step"  # × gamma every step_size epochs (torch.optim.lr_scheduler.StepLR)
+    cosine = "cosine"  # half a cosine from lr down to 0 over the epochs after the warmup (CosineAnnealingLR)
+
+
 class DropoutStyle(Enum):
     inverted = "inverted"  # training scales kept units by 1/(1−p); evaluation is the identity
     standard = "standard"  # training keeps units unscaled; evaluation multiplies by (1−p)
@@ -100,6 +108,9 @@ class DropoutRegConfig(RegConfig):
 class DataConfig:
     name: str = MISSING
     batch_size: int = MISSING
+    # Examples held out for validation (val_loss, val_acc; best epoch, early stopping). 0: none. Synthetic: drawn as
+    # extra examples from the seed (the training set keeps n_train); Fashion-MNIST: taken out of the 60k train set.
+    val_size: int = 0
 
 
 @dataclass
@@ -118,6 +129,7 @@ class FashionMNISTConfig(DataConfig):
     batch_size: int = 256
     root: str = "data"
     download: bool = False
+    split_seed: int = 0  # which train examples become the validation set: the same for every job, whatever its seed
     # null: the whole split (60,000 and 10,000 images); k: its first k images, for a quick try of a command
     n_train: int | None = None
     n_test: int | None = None
@@ -127,6 +139,10 @@ class FashionMNISTConfig(DataConfig):
 class OptimConfig:
     name: str = MISSING
     lr: float = MISSING
+    schedule: Schedule = Schedule.none  # stepped once per epoch; the formula: regularization.schedule.lr_factor
+    warmup_epochs: int = 0  # the lr rises linearly over these first epochs: lr·(e+1)/(warmup_epochs+1) in epoch e+1
+    step_size: int = 30  # schedule=step: epochs between two multiplications by gamma
+    gamma: float = 0.1
 
 
 @dataclass
@@ -137,6 +153,14 @@ class SGDConfig(OptimConfig):
     lr: float = 0.003
     momentum: float = 0.0
     nesterov: bool = False
+
+
+@dataclass
+class EarlyStoppingConfig:
+    # Stop a job after this many evaluations without a better validation metric and keep its best epoch's
+    # weights; null or 0: off. Needs data.val_size > 0.
+    patience: int | None = None
+    metric: str = "val_loss"  # val_loss (lower is better) or val_acc (higher; classification): also picks best_epoch
 
 
 @dataclass
@@ -151,6 +175,17 @@ class TrainerConfig:
     # an Enum's member names cannot be "32" or "bf16-mixed", and OmegaConf matches names.
     precision: str = "32"
     compile: bool = False  # true: the training step runs through torch.compile
+    # fp32 matmuls: highest (full fp32), high (TF32 on Ampere+ GPUs), medium (bf16 too); torch.set_float32_matmul_precision
+    matmul_precision: str = "highest"
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class SummaryConfig:
+    """What a sweep's summary shows (regularization.summary); read from the sweep's config when it ends."""
+
+    baseline: str | None = None  # KEY=VALUE of a swept key (reg.lambd=0): every setting's gain over it, paired by seed
+    metric: str | None = None  # any number in metrics.json; null: test_acc, or test_loss for regression
 
 
 @dataclass
@@ -160,6 +195,7 @@ class Config:
     data: Any = MISSING
     optim: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
     seed: int = 0
     device: str = "auto"
     resume: bool = True
@@ -173,6 +209,9 @@ IMPLS = {Penalty.none: (None,), Penalty.l2: ("penalty", "weight_decay"), Penalty
 OPTIMIZERS = ("sgd", "adam")
 # Final metrics of metrics.json that a search can optimize. Accuracies need classification data.
 METRICS = ("test_loss", "train_loss", "test_acc", "train_acc", "weight_l2_norm", "sparsity")
+# Validation metrics (need data.val_size > 0): the last evaluation's, and the test metrics at the best epoch by validation.
+VAL_METRICS = ("val_loss", "val_acc", "test_loss_at_best_val", "test_acc_at_best_val")
+EARLY_STOPPING_METRICS = ("val_loss", "val_acc")
 
 
 SCHEMAS = (
@@ -271,6 +310,8 @@ def _suggest(path: str, known: list[str]) -> str:
 def known_keys() -> list[str]:
     """Every dotted key that some schema allows: the top level's, the trainer's, and each group's over its schemas."""
     keys = {f.name for f in dataclasses.fields(Config)} | {f"trainer.{f.name}" for f in dataclasses.fields(TrainerConfig)}
+    keys |= {f"trainer.early_stopping.{f.name}" for f in dataclasses.fields(EarlyStoppingConfig)}
+    keys |= {f"summary.{f.name}" for f in dataclasses.fields(SummaryConfig)}
     keys |= {f"{group}.{f.name}" for group, _, node in SCHEMAS for f in dataclasses.fields(node)}
     return sorted(keys)
 
@@ -341,6 +382,10 @@ def _where(cfg: DictConfig, path: str) -> str:
     return f"{parent}={name}" if isinstance(name, str) else parent
 
 
+# torch.set_float32_matmul_precision's values, from exact to fastest (docs/precision.md).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError, naming the key and what is allowed, for a config that cannot run."""
     check_keys(cfg)
@@ -353,6 +398,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.trainer.checkpoint_every >= 1, "trainer.checkpoint_every", f"must be >= 1, got {cfg.trainer.checkpoint_every}")
     interval = cfg.trainer.checkpoint_min_interval_s
     _require(interval >= 0, "trainer.checkpoint_min_interval_s", f"must be >= 0 (0: every checkpoint_every epochs), got {interval}")
+    matmul = cfg.trainer.get("matmul_precision", "highest")
+    _require(matmul in MATMUL_PRECISIONS, "trainer.matmul_precision", f"got {matmul!r}, allowed: {', '.join(MATMUL_PRECISIONS)}")
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     if cfg.model.name == "mlp":
         for key in ("hidden1", "hidden2"):
@@ -367,14 +414,45 @@ def validate(cfg: DictConfig) -> None:
             n = cfg.data[key]
             _require(n is None or n >= 1, f"data.{key}", f"must be >= 1, or null for the whole split; got {n}")
     _require(cfg.sparsity_threshold > 0, "sparsity_threshold", f"must be > 0, got {cfg.sparsity_threshold}")
+    _validate_schedule(cfg)
+    _validate_validation(cfg)
     _validate_metric(cfg)
+
+
+def _validate_schedule(cfg: DictConfig) -> None:
+    optim, epochs = cfg.optim, cfg.trainer.epochs
+    warmup = optim.warmup_epochs
+    _require(warmup >= 0, "optim.warmup_epochs", f"must be >= 0, got {warmup}")
+    message = f"must be < trainer.epochs ({epochs}): the schedule begins after the warmup; got {warmup}"
+    _require(warmup == 0 or warmup < epochs, "optim.warmup_epochs", message)
+    _require(optim.step_size >= 1, "optim.step_size", f"must be >= 1, got {optim.step_size}")
+    _require(optim.gamma > 0, "optim.gamma", f"must be > 0, got {optim.gamma}")
+
+
+def _validate_validation(cfg: DictConfig) -> None:
+    """data.val_size and trainer.early_stopping. Fashion-MNIST's val_size against its train set: data.check_data."""
+    val_size, stopping = cfg.data.val_size, cfg.trainer.early_stopping
+    _require(val_size >= 0, "data.val_size", f"must be >= 0 (0: no validation split), got {val_size}")
+    allowed = ", ".join(EARLY_STOPPING_METRICS)
+    _require(stopping.metric in EARLY_STOPPING_METRICS, "trainer.early_stopping.metric", f"got {stopping.metric!r}, allowed: {allowed}")
+    if stopping.metric == "val_acc":
+        message = "val_acc needs classification data; synthetic is regression (use val_loss)"
+        _require(cfg.data.name != "synthetic", "trainer.early_stopping.metric", message)
+    patience = stopping.patience
+    _require(patience is None or patience >= 0, "trainer.early_stopping.patience", f"must be >= 1, or null/0 for off; got {patience}")
+    if patience:
+        message = "stops on a validation metric, so it needs data.val_size > 0 (examples held out of training)"
+        _require(val_size > 0, "trainer.early_stopping.patience", message)
 
 
 def _validate_metric(cfg: DictConfig) -> None:
     metric = cfg.optimize_metric
-    _require(metric in METRICS, "optimize_metric", f"got {metric!r}, allowed: {', '.join(METRICS)}")
+    allowed = METRICS + VAL_METRICS
+    _require(metric in allowed, "optimize_metric", f"got {metric!r}, allowed: {', '.join(allowed)}")
     _require(cfg.optimize_seeds >= 1, "optimize_seeds", f"must be >= 1, got {cfg.optimize_seeds}")
-    if metric.endswith("_acc"):
+    if metric in VAL_METRICS:
+        _require(cfg.data.val_size > 0, "optimize_metric", f"{metric} needs a validation split: set data.val_size > 0")
+    if metric.endswith(("_acc", "_acc_at_best_val")):
         _require(cfg.data.name != "synthetic", "optimize_metric", f"{metric} needs classification data; synthetic is regression")
 
 

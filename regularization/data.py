@@ -19,13 +19,15 @@ from regularization.step import PRECISIONS
 
 @dataclass
 class Dataset:
-    """Train and test tensors on one device. ``y`` is [n, 1] floats or [n] class indices."""
+    """Train, test and (with data.val_size) validation tensors on one device. ``y`` is [n, 1] floats or [n] class indices."""
 
     X_train: torch.Tensor
     y_train: torch.Tensor
     X_test: torch.Tensor
     y_test: torch.Tensor
     num_outputs: int
+    X_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def num_inputs(self) -> int:
@@ -36,17 +38,23 @@ class Dataset:
         return not self.y_train.is_floating_point()
 
 
-def synthetic_regression(n_train: int, n_test: int, num_inputs: int, noise: float, seed: int) -> Dataset:
+def synthetic_regression(n_train: int, n_test: int, num_inputs: int, noise: float, seed: int, n_val: int = 0) -> Dataset:
     """y = 0.05 + Σᵢ 0.01·xᵢ + ε, with x ~ N(0, I) and ε ~ N(0, noise²).
 
     Drawn on the CPU from its own generator, so the data depend on the seed alone,
-    not on the device or on what else consumed random numbers.
+    not on the device or on what else consumed random numbers. The n_val validation examples are drawn after
+    the others, from the same stream: the training and test sets are the same with a validation set as without.
     """
     gen = torch.Generator().manual_seed(seed)
     w, b = torch.full((num_inputs, 1), 0.01), 0.05
-    X = torch.randn(n_train + n_test, num_inputs, generator=gen)
-    y = X @ w + b + noise * torch.randn(n_train + n_test, 1, generator=gen)
-    return Dataset(X[:n_train], y[:n_train], X[n_train:], y[n_train:], num_outputs=1)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        X = torch.randn(n, num_inputs, generator=gen)
+        return X, X @ w + b + noise * torch.randn(n, 1, generator=gen)
+
+    X, y = draw(n_train + n_test)
+    X_val, y_val = draw(n_val) if n_val else (None, None)
+    return Dataset(X[:n_train], y[:n_train], X[n_train:], y[n_train:], 1, X_val, y_val)
 
 
 def fashion_mnist_dir(root: str | Path) -> Path:
@@ -90,9 +98,12 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
         )
 
 
-def fashion_mnist(root: str | Path, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels; the first
-    n_train and n_test images of each split when set (None: all of it)."""
+def fashion_mnist(
+    root: str | Path, val_size: int = 0, split_seed: int = 0, n_train: int | None = None, n_test: int | None = None
+) -> Dataset:
+    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels; with val_size, that
+    many train images held out for validation (``validation_split``); only the first n_train and n_test images of
+    each split when set (None: all of it)."""
     from torchvision.datasets import FashionMNIST
 
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,12 +112,34 @@ def fashion_mnist(root: str | Path, n_train: int | None = None, n_test: int | No
         return ds.data[:n].flatten(1).float().div_(255), ds.targets[:n].long()
 
     (X_train, y_train), (X_test, y_test) = split(True), split(False)
-    return Dataset(X_train, y_train, X_test, y_test, num_outputs=len(FashionMNIST.classes))
+    classes = len(FashionMNIST.classes)
+    if not val_size:
+        return Dataset(X_train, y_train, X_test, y_test, classes)
+    train, val = validation_split(len(X_train), val_size, split_seed)
+    return Dataset(X_train[train], y_train[train], X_test, y_test, classes, X_val=X_train[val], y_val=y_train[val])
+
+
+def validation_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training and the validation examples among n: a random val_size of them (from split_seed
+    alone, so that every job of a study holds out the same ones), each part in the original order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def idx_count(path: Path) -> int:
+    """The number of items in an IDX file, from its header (big-endian, after the 4-byte magic)."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8)[4:], "big")
 
 
 def check_data(cfg: DictConfig) -> None:
+    """The data are there, and a validation split leaves training examples (Fashion-MNIST's count, from its header)."""
     if cfg.data.name == "fashion_mnist":
         ensure_fashion_mnist(cfg.data.root, cfg.data.download)
+        n = idx_count(fashion_mnist_dir(cfg.data.root) / "train-labels-idx1-ubyte")
+        if cfg.data.val_size >= n:
+            message = f"must be < the {n} training images (they are what it is held out of), got {cfg.data.val_size}"
+            raise ConfigError(f"Invalid config: data.val_size: {message}")
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
@@ -114,13 +147,15 @@ def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
     that dtype: autocast rounds every batch to it before the first matmul anyway, so the rounding is the same, done
     once instead of every step, and each batch gathers half the bytes."""
     data = cfg.data
+    val_size = data.get("val_size", 0)
     if data.name == "synthetic":
-        ds = synthetic_regression(data.n_train, data.n_test, data.num_inputs, data.noise, cfg.seed)
+        ds = synthetic_regression(data.n_train, data.n_test, data.num_inputs, data.noise, cfg.seed, val_size)
     else:
-        ds = fashion_mnist(data.root, data.n_train, data.n_test)
+        ds = fashion_mnist(data.root, val_size, data.get("split_seed", 0), data.n_train, data.n_test)
     features = PRECISIONS.get(str(OmegaConf.select(cfg, "trainer.precision", default="32")), torch.float32)
     X_train, X_test = (X.to(device, features) for X in (ds.X_train, ds.X_test))
-    return Dataset(X_train, ds.y_train.to(device), X_test, ds.y_test.to(device), ds.num_outputs)
+    X_val, y_val = (ds.X_val.to(device, features), ds.y_val.to(device)) if ds.X_val is not None else (None, None)
+    return Dataset(X_train, ds.y_train.to(device), X_test, ds.y_test.to(device), ds.num_outputs, X_val, y_val)
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

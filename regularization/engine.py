@@ -38,7 +38,9 @@ from regularization.gpu import (
     check_deterministic_workspace,
     failure_message,
     is_sticky_cuda_error,
+    peak_memory,
     release_cached_memory,
+    reset_peak_memory,
     sticky_cuda_error,
 )
 from regularization.logging import RunLogger, log, run_hparams, write_json_atomic
@@ -47,7 +49,9 @@ from regularization.parallel import job_device, set_job_threads
 from regularization.progress import Progress, progress_enabled
 from regularization.regularizers import WeightPenalty, max_norm_linear_, sparsity, weight_norm
 from regularization.results import run_result
-from regularization.step import Step, check_compile, check_precision
+from regularization.schedule import make_scheduler
+from regularization.selection import EarlyStopping, selection_result
+from regularization.step import Step, check_compile, check_precision, set_matmul_precision
 
 EVAL_BATCH = 8192
 
@@ -76,11 +80,15 @@ def set_deterministic(on: bool) -> None:
         torch.use_deterministic_algorithms(on)
 
 
-def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty) -> torch.optim.Optimizer:
+def make_optimizer(cfg: DictConfig, model: nn.Module, penalty: WeightPenalty, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD or Adam; ``fused`` (default: on CUDA) updates every parameter in one kernel, and under 16-mixed takes
+    the loss scale and the inf check on the device, without GradScaler's per-step host sync. Same update rule."""
     groups = penalty.param_groups(list(model.parameters()))
+    fused = next(model.parameters()).device.type == "cuda" if fused is None else fused
     if cfg.optim.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.optim.lr)
-    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.get("momentum", 0.0), nesterov=cfg.optim.get("nesterov", False))
+        return torch.optim.Adam(groups, lr=cfg.optim.lr, fused=fused or None)
+    momentum, nesterov = cfg.optim.get("momentum", 0.0), cfg.optim.get("nesterov", False)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=momentum, nesterov=nesterov, fused=fused or None)
 
 
 def make_penalty(cfg: DictConfig, model: nn.Module) -> WeightPenalty:
@@ -129,7 +137,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         step.backward(data_loss + term if penalty.in_loss else data_loss)
         step.update(optimizer)
-        penalty.after_step(lr)
+        penalty.after_step(step.applied_lr(lr))  # none after a step 16-mixed's scaler skipped
         if max_norm is not None:
             max_norm_linear_(model, max_norm)
         with torch.no_grad():
@@ -157,17 +165,20 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, classification:
 def evaluate_all(
     model: nn.Module, data: Dataset, penalty: WeightPenalty, objective: torch.Tensor, sparsity_threshold: float
 ) -> dict[str, float | None]:
-    """Full-set train and test metrics, the weights' norm and sparsity (the fraction with |w| < sparsity_threshold),
-    read from the device in one transfer."""
+    """Full-set train and test metrics (and validation, with a validation split), the weights' norm and sparsity
+    (the fraction with |w| < sparsity_threshold), read from the device in one transfer."""
     cls = data.is_classification
     train_loss, train_acc = evaluate(model, data.X_train, data.y_train, cls)
     test_loss, test_acc = evaluate(model, data.X_test, data.y_test, cls)
     values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": weight_norm(penalty.params)}
     if cls:
         values |= {"train_acc": train_acc, "test_acc": test_acc}
+    if data.X_val is not None:
+        val_loss, val_acc = evaluate(model, data.X_val, data.y_val, cls)
+        values |= {"val_loss": val_loss, "val_acc": val_acc} if cls else {"val_loss": val_loss}
     values["sparsity"] = sparsity(penalty.params, sparsity_threshold)
     host = torch.stack([v.float().to(objective.device) for v in values.values()]).tolist()
-    metrics: dict[str, float | None] = {"train_acc": None, "test_acc": None}
+    metrics: dict[str, float | None] = {"train_acc": None, "test_acc": None} | ({"val_acc": None} if data.X_val is not None else {})
     metrics |= dict(zip(values, host, strict=True))
     return metrics
 
@@ -180,18 +191,30 @@ def training_state(
     history: list[dict],
     wall_s: float,
     step: Step,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stopper: EarlyStopping | None = None,
+    best_model: dict | None = None,
 ) -> dict:
-    """What a checkpoint holds besides the RNG states and the config (checkpoint.save_checkpoint adds those)."""
+    """What a checkpoint holds besides the RNG states and the config (checkpoint.save_checkpoint adds those).
+    With early stopping: its bookkeeping, and the best epoch's weights beside the current ones."""
     return {
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "generator": generator_state(generator),
         "history": history,
         "wall_s": wall_s,
         "step": step.state_dict(),
         "compile_s": step.compile_s,
+        "early_stopping": stopper.state_dict() if stopper is not None else None,
+        "best_model": best_model,
     }
+
+
+def weights_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as it is now, detached from the training that goes on."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
 def fit(
@@ -208,10 +231,15 @@ def fit(
     ``CheckpointCadence`` says it is due (always after the last epoch), so ``resume_from`` (a loaded
     checkpoint) continues exactly where that checkpoint stopped. Stops at the first epoch
     whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
-    partial epoch is dropped and the last checkpoint stands).
+    partial epoch is dropped and the last checkpoint stands). The learning rate follows ``optim.schedule``, stepped
+    after every epoch. With ``trainer.early_stopping``, a job whose validation metric has not improved for
+    ``patience`` evaluations stops (status ``completed``, ``stopped_epoch``), and a completed job ends with its best
+    epoch's weights (``selection``).
     """
     penalty = make_penalty(cfg, model)
     optimizer = make_optimizer(cfg, model, penalty)
+    scheduler = make_scheduler(cfg, optimizer)
+    stopper, best_model = EarlyStopping.of(cfg), None
     device = data.X_train.device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     step = make_step(cfg, model, data)
@@ -223,6 +251,11 @@ def fit(
         optimizer.load_state_dict(resume_from["optimizer"])
         step.load_state_dict(resume_from.get("step", {}))  # .get: checkpoints from before trainer.precision
         step.compile_s = resume_from.get("compile_s", 0.0)  # the runs before this one compiled too
+        if "scheduler" in resume_from:  # not in checkpoints from before optim.schedule, whose lr was constant
+            scheduler.load_state_dict(resume_from["scheduler"])
+        if stopper is not None:
+            stopper.load_state_dict(resume_from["early_stopping"])
+            best_model = resume_from["best_model"]
         exact = restore_generator(generator, resume_from["generator"])
         set_rng_states(resume_from["rng"], device)
         done, history, wall_s = resume_from["epoch"], resume_from["history"], resume_from["wall_s"]
@@ -239,7 +272,10 @@ def fit(
     with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
         try:
             for epoch in range(done + 1, epochs + 1):
+                if stopper is not None and stopper.stopped:  # resumed to more epochs after it stopped: it stays stopped
+                    break
                 objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
+                scheduler.step()
                 finite, metrics = math.isfinite(objective.item()), None
                 if cfg.trainer.compile and epoch == first:
                     log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
@@ -253,10 +289,18 @@ def fit(
                     log.warning("epoch %d: the loss is not finite; stopping (status diverged)", epoch)
                     result |= {"status": "diverged", "epochs": epoch}
                     break
+                if stopper is not None and metrics is not None and stopper.update(epoch, metrics):
+                    best_model = weights_copy(model)
+                if stopper is not None and stopper.stopped:
+                    log.info(
+                        "epoch %d: %s has not improved for %d evaluations; stopping early with the weights of epoch %d (%s %.4g)",
+                        epoch, stopper.metric, stopper.patience, stopper.best_epoch, stopper.metric, stopper.best,
+                    )  # fmt: skip
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                if checkpoint is not None and cadence.due(epoch):
+                if checkpoint is not None and (cadence.due(epoch) or (stopper is not None and stopper.stopped)):
                     elapsed = wall_s + time.perf_counter() - start
-                    save_checkpoint(checkpoint, training_state(epoch, model, optimizer, generator, history, elapsed, step), cfg, device)
+                    state = training_state(epoch, model, optimizer, generator, history, elapsed, step, scheduler, stopper, best_model)
+                    save_checkpoint(checkpoint, state, cfg, device)
                     cadence.saved()
                 done = epoch
                 progress.epoch_done(metrics)
@@ -265,7 +309,10 @@ def fit(
             done = checkpoint_epoch(checkpoint) if checkpoint is not None and checkpoint.exists() else done
             log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
             result |= {"status": "interrupted", "epochs": done}
-    result |= run_result(history)
+    completed = result["status"] == "completed"
+    if stopper is not None and completed and best_model is not None:
+        model.load_state_dict(best_model)  # the job's result is its best epoch, by validation
+    result |= run_result(history) | selection_result(history, cfg, stopper, completed)
     result["wall_s"] = wall_s + time.perf_counter() - start
     if cfg.trainer.compile:
         result["compile_s"] = step.compile_s  # within wall_s
@@ -333,6 +380,8 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
     if resume_from is not None and resume_from["epoch"] > cfg.trainer.epochs:
         raise ConfigError(f"Invalid config: trainer.epochs: {checkpoint} is at epoch {resume_from['epoch']}, past {cfg.trainer.epochs}")
     set_deterministic(cfg.trainer.deterministic)
+    set_matmul_precision(cfg.trainer.matmul_precision)
+    reset_peak_memory(device)
     seed_everything(cfg.seed)
     log.info("training on %s", device)
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
@@ -346,7 +395,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         status = result["status"]
     finally:
         logger.close(status)
-    write_json_atomic(metrics_path, result | {"experiment_id": experiment_id(cfg)})
+    write_json_atomic(metrics_path, result | peak_memory(device, "peak_memory_bytes") | {"experiment_id": experiment_id(cfg)})
     log.info("%s: %s", result["status"], metrics_path)
     if result["status"] == "interrupted":
         log.warning("to resume: %s", resume_command(HydraConfig.get(), HydraConfig.get().mode == RunMode.MULTIRUN))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import traceback
 
 import torch
@@ -22,6 +23,7 @@ STICKY_CUDA_ERRORS = (
     "unspecified launch failure",
     "misaligned address",
     "CUDA error: uncorrectable ECC",
+    "CUBLAS_STATUS_EXECUTION_FAILED",  # a cuBLAS kernel that failed to run: the context is as broken
 )
 
 
@@ -65,15 +67,44 @@ def sticky_cuda_error(err: BaseException, where: str) -> StickyCudaError:
     )
 
 
+# Evaluation runs in chunks of engine.EVAL_BATCH examples, whatever data.batch_size is.
+EVALUATION_REMEDY = "evaluation runs in fixed chunks, not in data.batch_size batches: free the GPU of other processes"
+
+
 def failure_message(err: BaseException, remedy: str) -> str:
-    """The error metrics.json records (``ExcType: message``); out of memory, it adds what to shrink (``remedy``)."""
+    """The error metrics.json records (``ExcType: message``); out of memory, it adds what to shrink (``remedy``),
+    or, when evaluation ran out (a frame named ``evaluate``), what evaluation's memory depends on."""
     message = "".join(traceback.format_exception_only(err)).strip()
-    return f"{message}\nOut of GPU memory: try {remedy}." if isinstance(err, torch.OutOfMemoryError) else message
+    if not isinstance(err, torch.OutOfMemoryError):
+        return message
+    if any(frame.name == "evaluate" for frame in traceback.extract_tb(err.__traceback__)):
+        rest = [r for r in remedy.split(" or ") if "batch_size" not in r]
+        return f"{message}\nOut of GPU memory during evaluation: {EVALUATION_REMEDY}{', or try ' + ' or '.join(rest) if rest else ''}."
+    return f"{message}\nOut of GPU memory: try {remedy}."
+
+
+# Set while threads of this process train on several GPUs (parallel.run_per_device): torch.cuda.empty_cache()
+# empties every GPU's cache, so one group's end would free the blocks of groups still training on the others and
+# make them allocate again; the cache is emptied once they have all ended.
+several_gpus_training = threading.Event()
 
 
 def release_cached_memory(device: torch.device) -> None:
     """Give the job's cached CUDA blocks back to the driver once its tensors are gone, so that the next job (or
-    another process on the GPU) can use them. Nothing on a CPU job: CUDA is not touched."""
-    if device.type == "cuda" and torch.cuda.is_initialized():
+    another process on the GPU) can use them. Nothing on a CPU job: CUDA is not touched; nothing while other
+    GPUs of this process train (``several_gpus_training``)."""
+    if device.type == "cuda" and torch.cuda.is_initialized() and not several_gpus_training.is_set():
         with contextlib.suppress(RuntimeError):  # a context broken by a sticky error (being reported) frees nothing
             torch.cuda.empty_cache()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the job's (or group's) peak GPU memory; nothing on a CPU job."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device, key: str) -> dict[str, int]:
+    """``{key: bytes}``: the most GPU memory the job's tensors held at once since ``reset_peak_memory`` (PyTorch's
+    allocator; the cache it keeps beyond that and the CUDA context are not counted); empty on a CPU job."""
+    return {key: torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}

@@ -43,6 +43,8 @@ TAGS = {
     "objective": "loss/objective",
     "train_acc": "acc/train",
     "test_acc": "acc/test",
+    "val_loss": "loss/val",  # with data.val_size
+    "val_acc": "acc/val",
     "weight_l2_norm": "weights/l2_norm",
     "sparsity": "weights/sparsity",
 }
@@ -64,8 +66,9 @@ HPARAM_KEYS = (
     "data.batch_size",
     "seed",
     "trainer.epochs",
-    "trainer.precision",  # both change the numbers a run gives
+    "trainer.precision",  # these change the numbers a run gives
     "trainer.compile",
+    "trainer.matmul_precision",
 )
 HParam = bool | int | float | str
 # metrics.json status -> the HParams session's status (a diverged run is a failed session). An interrupted
@@ -113,6 +116,8 @@ def format_metrics(metrics: dict[str, float | None]) -> str:
         "test_loss": "test_loss",
         "train_acc": "train_acc",
         "test_acc": "test_acc",
+        "val_loss": "val_loss",
+        "val_acc": "val_acc",
         "weight_l2_norm": "|w|",
         "sparsity": "sparsity",
     }

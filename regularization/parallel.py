@@ -24,6 +24,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from regularization.config import ConfigError
+from regularization.gpu import StickyCudaError, release_cached_memory, several_gpus_training
 from regularization.logging import log
 
 
@@ -47,14 +49,25 @@ def runs_jobs_side_by_side(launcher: DictConfig) -> bool:
     return target.endswith("JoblibLauncher") or is_submitit(target)
 
 
+# The GPU this process's first spread job took: a joblib worker (loky reuses them) keeps it for its later jobs.
+_process_gpu: dict[str, str] = {}
+
+
 def job_device(name: str) -> str:
-    """``device`` for this Hydra job: ``auto`` spreads a sweep's jobs over the visible GPUs (job k on GPU k mod N)
-    under a launcher that runs them side by side, and keeps them all on the first GPU otherwise; other names stay."""
+    """``device`` for this Hydra job: ``auto`` spreads a sweep's jobs over the visible GPUs under a launcher that
+    runs them side by side, and keeps them all on the first GPU otherwise; other names stay.
+
+    Spread, a process's first job takes GPU k mod N (k: its job number) and the process keeps that GPU for any
+    later job: joblib's workers are reused, and by job number alone a worker would hop GPUs (a CUDA context on
+    each) and two workers could share one GPU while another idles. submitit's jobs each have a process."""
     if name != "auto":
         return name
     spread = HydraConfig.initialized() and runs_jobs_side_by_side(HydraConfig.get().launcher)
-    job_num = OmegaConf.select(HydraConfig.get(), "job.num", default=0) if spread else 0
-    return gpu_for_job(job_num or 0, torch.cuda.device_count())
+    if not spread:
+        return gpu_for_job(0, torch.cuda.device_count())
+    if "gpu" not in _process_gpu:
+        _process_gpu["gpu"] = gpu_for_job(OmegaConf.select(HydraConfig.get(), "job.num", default=0) or 0, torch.cuda.device_count())
+    return _process_gpu["gpu"]
 
 
 def group_devices(names: list[str], n_gpus: int) -> list[str]:
@@ -64,13 +77,28 @@ def group_devices(names: list[str], n_gpus: int) -> list[str]:
     return [gpu_for_job(next(auto), n_gpus) if name == "auto" else name for name in names]
 
 
+def check_compile_threads(devices: list[torch.device], compiled: list[bool]) -> None:
+    """ConfigError, naming trainer.compile, for compiled groups that would train on several GPUs in threads of one
+    process: the CUDA-graph trees of mode reduce-overhead share one process-wide step counter
+    (``torch.compiler.cudagraph_mark_step_begin``), so one thread's step could free the outputs another thread's
+    backward still needs. A process per GPU is the safe way: vectorized_local gives each group its own."""
+    gpus = {d for d in devices if d.type == "cuda"}
+    if len(gpus) > 1 and any(c for d, c in zip(devices, compiled, strict=True) if d.type == "cuda"):
+        raise ConfigError(
+            f"Invalid config: trainer.compile: true under hydra/launcher=vectorized on {len(gpus)} GPUs would share CUDA graphs "
+            "between the GPUs' threads; use hydra/launcher=vectorized_local (a process per group), one GPU (device=cuda:0), "
+            "or trainer.compile=false"
+        )
+
+
 def run_per_device(tasks: list[tuple[torch.device, Callable[[], None]]], stop: threading.Event) -> None:
     """Run the tasks: one device's in order, different devices' at the same time, a thread per device (CUDA
     kernels run without the GIL, so one process drives every GPU). With one device, all run in this thread.
 
     A task that raises (a sticky CUDA error, say) sets ``stop``, as Ctrl-C does, and the other devices' threads
-    start no further task; tasks may watch ``stop`` to end early. The first error is raised here once every
-    thread has ended; after Ctrl-C, the first task's error or else KeyboardInterrupt.
+    start no further task; tasks may watch ``stop`` to end early. Once every thread has ended, the error that
+    caused the stop is raised here (``error_rank``: a sticky CUDA error before the interrupts it caused on the
+    other devices); after Ctrl-C, a task's error or else KeyboardInterrupt.
     """
     queues: dict[torch.device, list[Callable[[], None]]] = {}
     for device, task in tasks:
@@ -92,18 +120,34 @@ def run_per_device(tasks: list[tuple[torch.device, Callable[[], None]]], stop: t
                     raise
 
     interrupted = False
-    with ThreadPoolExecutor(max_workers=len(queues), thread_name_prefix="device") as pool:
-        futures = [pool.submit(drain, device, queue) for device, queue in queues.items()]
-        try:
-            wait(futures)
-        except KeyboardInterrupt:  # only the main thread receives it: the others are told through ``stop``
-            stop.set()
-            interrupted = True
-            wait(futures)
-    for future in futures:
-        future.result()
+    several_gpus_training.set()  # no group empties the CUDA caches while the others train; done once, below
+    try:
+        with ThreadPoolExecutor(max_workers=len(queues), thread_name_prefix="device") as pool:
+            futures = [pool.submit(drain, device, queue) for device, queue in queues.items()]
+            try:
+                wait(futures)
+            except KeyboardInterrupt:  # only the main thread receives it: the others are told through ``stop``
+                stop.set()
+                interrupted = True
+                wait(futures)
+    finally:
+        several_gpus_training.clear()
+        release_cached_memory(next((d for d in queues if d.type == "cuda"), torch.device("cpu")))
+    errors = sorted((e for e in (f.exception() for f in futures) if e is not None), key=error_rank)
+    if errors:
+        raise errors[0]
     if interrupted:
         raise KeyboardInterrupt
+
+
+def error_rank(err: BaseException) -> int:
+    """Which of the device threads' errors to raise: a sticky CUDA error (the cause: the sweep must stop and say
+    why) before any other error, and those before the interrupts that ``stop`` caused on the other devices (a
+    group's exit 130, KeyboardInterrupt)."""
+    if isinstance(err, StickyCudaError):
+        return 0
+    interrupt = isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and err.code == 130)
+    return 2 if interrupt else 1
 
 
 def available_cpus() -> int:

@@ -39,7 +39,7 @@ def sparsity(params: Params, tol: float = 1e-3) -> torch.Tensor:
 
 
 @torch.no_grad()
-def soft_threshold_(w: torch.Tensor, threshold: float) -> None:
+def soft_threshold_(w: torch.Tensor, threshold: float | torch.Tensor) -> None:
     """w ← sign(w)·max(|w| − t, 0): the proximal step of t·‖w‖₁, which sets small weights to exactly 0."""
     w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0))
 
@@ -138,7 +138,7 @@ class WeightPenalty:
         rest = [p for p in params if id(p) not in ids]
         return [{"params": self.params, "weight_decay": self.lambd}, {"params": rest, "weight_decay": 0.0}]
 
-    def after_step(self, lr: float) -> None:
+    def after_step(self, lr: float | torch.Tensor) -> None:
         if self.impl == "proximal":
             for w in self.params:
                 soft_threshold_(w, lr * self.lambd)

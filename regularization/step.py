@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from regularization.config import ConfigError
+from regularization.logging import log
 
 PRECISIONS = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # The C compilers Triton (torch.compile's CUDA backend) builds its kernel launchers with, in its order of search.
@@ -38,9 +39,24 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError(f"Invalid config: trainer.precision: got {precision!r}, allowed: {allowed}")
     if precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(f"Invalid config: trainer.precision: 16-mixed needs a CUDA device, not {device}; on CPU use bf16-mixed or 32")
-    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16-mixed" and device.type == "cuda" and not bf16_native(device):
         name = torch.cuda.get_device_name(device)
-        raise ConfigError(f"Invalid config: trainer.precision: {name} has no bf16 support; use 16-mixed or 32")
+        raise ConfigError(f"Invalid config: trainer.precision: {name} has no native bf16 (before Ampere); use 16-mixed or 32")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether the job's GPU computes in bf16 itself. torch.cuda.is_bf16_supported() asks the current GPU, not the
+    job's, and by default counts emulation (GPUs before Ampere), where bf16 runs slower than fp32."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def set_matmul_precision(name: str) -> None:
+    """``trainer.matmul_precision`` for this process's fp32 matmuls (torch.set_float32_matmul_precision): highest
+    keeps fp32; high lets Ampere and later GPUs use TF32 tensor cores. A process-wide setting, as
+    trainer.deterministic is: the vectorized launcher never trains groups that differ in it at the same time."""
+    if torch.get_float32_matmul_precision() != name:
+        torch.set_float32_matmul_precision(name)
 
 
 def check_compile(device: torch.device) -> None:
@@ -85,7 +101,14 @@ class Step:
         self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         self.compiled = compile
         self.fn: Loss = forward_loss
+        self.eager = forward_loss
         if compile:
+            # A job's (or group's) step compiles afresh: the graphs of the process's earlier jobs, guarded on their
+            # models (and their dropout rates), would otherwise count towards dynamo's recompile limit, and from
+            # the 9th job on the step would run eagerly. And past the limit, dynamo raises rather than fall back
+            # in silence (``loss`` says so and runs eagerly).
+            torch._dynamo.reset()
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
             self.fn = torch.compile(forward_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
         self.compile_s = 0.0
         self.seen: set[tuple[int, ...]] = set()
@@ -105,7 +128,17 @@ class Step:
             if self.device.type == "cuda":  # a new step: the CUDA graphs may reuse the last step's buffers
                 torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
-            return self.fn(X, y)
+            try:
+                return self.fn(X, y)
+            except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+                return self.eagerly(X, y, err)
+
+    def eagerly(self, X: torch.Tensor, y: torch.Tensor, err: Exception) -> torch.Tensor:
+        """The step uncompiled from here on, said in the log (and compile_s stops counting)."""
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("trainer.compile: torch.compile reached its recompile limit (%s); the training step runs eagerly from here", first_line)
+        self.fn, self.compiled, self.compiling_since = self.eager, False, None
+        return self.fn(X, y)
 
     def backward(self, objective: torch.Tensor) -> None:
         (self.scaler.scale(objective) if self.scaler is not None else objective).backward()
@@ -116,12 +149,20 @@ class Step:
             self.compiling_since = None
 
     def update(self, optimizer: Any) -> None:
-        """optimizer.step(); under 16-mixed the scaler's: gradients unscaled, the step skipped if any is not finite."""
+        """optimizer.step(); under 16-mixed the scaler's: gradients unscaled, the step skipped if any is not finite
+        (``taken`` then holds 0 on the device, 1 after a step taken: read without a host sync)."""
         if self.scaler is None:
             optimizer.step()
             return
         self.scaler.step(optimizer)
+        found_inf = sum(self.scaler._found_inf_per_device(optimizer).values())  # reset by update(): read first
+        self.taken = 1 - found_inf
         self.scaler.update()
+
+    def applied_lr(self, lr: float) -> float | torch.Tensor:
+        """The learning rate the last update applied: 0 where 16-mixed's scaler skipped the step, so that a
+        proximal step after it (l1 ``proximal``'s shrinkage) is skipped too; a tensor on the device, no sync."""
+        return lr if self.scaler is None else lr * self.taken
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the step: the loss scale and its growth tracker under 16-mixed."""

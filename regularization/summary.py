@@ -3,6 +3,11 @@
 summary.csv and summary.md with one row per job, named as its dir is (Hydra's override_dirname); with several
 seeds per setting also mean ± std per setting (summary.md, summary_by_setting.csv); and the sweep's plots
 (regularization.plots). ``compare_sweeps`` puts several sweeps into one table and one figure.
+
+The metric the plots, the heat map and the comparison show is a choice (``summary.metric``, ``--metric``: any number
+in metrics.json; by default the final test accuracy, or the test loss for regression). With a baseline
+(``summary.baseline``, ``--baseline KEY=VALUE``) the summary also holds each setting's gain over it, paired by seed
+(regularization.comparison): comparison.csv, a section of summary.md and comparison.png.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from regularization.comparison import ComparisonError, check_metric, compare, parse_baseline, same_value
 from regularization.logging import TAGS, log, parse_override, write_text_atomic
 from regularization.parallel import long_lived_heap_frozen
 from regularization.results import CONVERGENCE_TOL, converged
@@ -50,6 +56,7 @@ METRIC_COLUMNS = [
 ]
 STATS = ["train_loss", "test_loss", "train_acc", "test_acc", "best_test_loss", "best_test_acc", "weight_l2_norm", "sparsity", "wall_s"]
 SEED_KEY = "seed"
+COMPARISON_COLUMNS = ["n_pairs", "gain_mean", "ci_low", "ci_high", "method"]
 GROUPS = ("model", "reg", "data", "optim")  # the config groups whose choice identifies a run
 
 
@@ -169,10 +176,16 @@ class Job:
                 values[key] = value
         return values
 
+    def metric(self, key: str) -> Any:
+        """A metrics.json field; no sparsity for a run without a weight penalty (it has no penalized weights)."""
+        if key == "sparsity" and _select(self.config, "reg.penalty") == "none":
+            return None
+        return self.metrics.get(key)
+
     def row(self) -> dict[str, Any]:
         history = self.metrics.get("history") or []
         done = converged(history, self.metrics["epochs"]) if self.completed and self.metrics.get("epochs") else None
-        return {"job": self.name} | self.keys | {key: self.metrics.get(key) for key in METRIC_COLUMNS} | {"converged": done}
+        return {"job": self.name} | self.keys | {key: self.metric(key) for key in METRIC_COLUMNS} | {"converged": done}
 
 
 def read_job(job_dir: Path, naming: Naming | None = None) -> Job:
@@ -234,17 +247,26 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return sorted(keys, key=lambda k: (k != "sweep", k.lstrip("+~")))
 
 
-def setting_stats(setting: str, jobs: list[Job]) -> dict[str, Any]:
-    """Mean and sample std (n−1) of the final metrics over the setting's completed jobs, with the setting's keys."""
+def setting_stats(setting: str, jobs: list[Job], metric: str | None = None) -> dict[str, Any]:
+    """Mean and sample std (n−1) of the final metrics (STATS and the chosen metric) over the setting's completed
+    jobs, with the setting's keys."""
     done = [j for j in jobs if j.completed]
     keys = {k: v for k, v in jobs[0].keys.items() if k != SEED_KEY}
     stats: dict[str, Any] = {"setting": setting, **keys, "completed": len(done), "jobs": len(jobs)}
     stats["not_converged"] = sum(row["converged"] is False for row in (j.row() for j in done))
-    for key in STATS:
-        values = [j.metrics[key] for j in done if j.metrics.get(key) is not None and math.isfinite(j.metrics[key])]
+    for key in _stat_keys(metric):
+        values = [v for j in done if is_finite(v := j.metric(key))]
         stats[f"{key}_mean"] = statistics.fmean(values) if values else None
         stats[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
     return stats
+
+
+def _stat_keys(metric: str | None) -> list[str]:
+    return STATS if metric is None or metric in STATS else [*STATS, metric]
+
+
+def is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _mean_std(stats: dict[str, Any], key: str) -> str:
@@ -262,9 +284,15 @@ def _grid(cells: list[list[str]], markdown: bool) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
-def mean_std_table(stats: list[dict[str, Any]], markdown: bool) -> str:
+def _hidden(rows: list[dict[str, Any]]) -> set[str]:
+    """Columns that mean nothing in a table of these jobs: a stacked member's wall_s (its share of its group's time)."""
+    return {"wall_s"} if any(r.get("group_wall_s") is not None for r in rows) else set()
+
+
+def mean_std_table(stats: list[dict[str, Any]], markdown: bool, hidden: set[str] = frozenset()) -> str:
     """Mean ± std per setting; the seeds column counts completed of all jobs."""
-    cols = [k for k in STATS if any(s[f"{k}_mean"] is not None for s in stats)]
+    keys = [k.removesuffix("_mean") for k in stats[0] if k.endswith("_mean")]
+    cols = [k for k in keys if k not in hidden and any(s[f"{k}_mean"] is not None for s in stats)]
     cells = [["setting", "seeds", "not converged", *cols]]
     cells += [[s["setting"], f"{s['completed']}/{s['jobs']}", str(s["not_converged"]), *(_mean_std(s, k) for k in cols)] for s in stats]
     return _grid(cells, markdown)
@@ -278,13 +306,15 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _present(rows: list[dict[str, Any]]) -> list[str]:
-    """The job's name and the metric columns that hold a value in some row (accuracy is absent for regression, say)."""
-    return ["job"] + [c for c in METRIC_COLUMNS if any(r.get(c) is not None for r in rows)]
+def _present(rows: list[dict[str, Any]], metric: str | None) -> list[str]:
+    """The job's name and the metric columns (and the chosen metric) that hold a value in some row (accuracy is
+    absent for regression, say), less the ``_hidden`` ones."""
+    columns = METRIC_COLUMNS if metric is None or metric in METRIC_COLUMNS else [*METRIC_COLUMNS, metric]
+    return ["job"] + [c for c in columns if c not in _hidden(rows) and any(r.get(c) is not None for r in rows)]
 
 
-def job_table(rows: list[dict[str, Any]], markdown: bool) -> str:
-    cols = _present(rows)
+def job_table(rows: list[dict[str, Any]], markdown: bool, metric: str | None = None) -> str:
+    cols = _present(rows, metric)
     return _grid([cols] + [[_cell(r.get(c)) for c in cols] for r in rows], markdown)
 
 
@@ -301,19 +331,21 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(c for row in rows for c in row))
 
 
-def write_summary(out_dir: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]] | None = None) -> None:
-    """summary.csv and summary.md (per job); with ``stats``, also mean ± std per setting."""
+def write_summary(out_dir: Path, rows: list[dict[str, Any]], stats: list[dict[str, Any]] | None, metric: str, comparison: str = "") -> None:
+    """summary.csv and summary.md (per job); with ``stats``, also mean ± std per setting; then the comparison's
+    section of summary.md (``write_comparison``), if any."""
     write_text_atomic(Path(out_dir) / "summary.csv", _csv(rows, _columns(rows)))
-    md = job_table(rows, markdown=True)
+    md = f"Metric of the plots and the comparison: {metric} (summary.metric, --metric).\n\n" + job_table(rows, markdown=True, metric=metric)
     md += f"\nconverged: the train loss moved by at most {CONVERGENCE_TOL:.0%} over the last 10% of the epochs (NO: still moving).\n"
     if stats:
-        md += "\n### Mean ± std over seeds (completed jobs; std with n−1)\n\n" + mean_std_table(stats, markdown=True)
+        md += "\n### Mean ± std over seeds (completed jobs; std with n−1)\n\n" + mean_std_table(stats, markdown=True, hidden=_hidden(rows))
         write_text_atomic(Path(out_dir) / "summary_by_setting.csv", _csv(stats, _columns(stats)))
-    write_text_atomic(Path(out_dir) / "summary.md", md)
+    write_text_atomic(Path(out_dir) / "summary.md", md + comparison)
 
 
-def sweep_plot_data(jobs: list[Job]) -> Sweep:
-    """The completed jobs of each setting, as the plots take them (failed and diverged jobs are left out)."""
+def sweep_plot_data(jobs: list[Job], metric: str | None = None, baseline: str | None = None) -> Sweep:
+    """The completed jobs of each setting, as the plots take them; a setting whose jobs all failed or diverged
+    has no finals, and its diverged count marks it."""
     from regularization.plots import Setting, Sweep, values_label  # matplotlib, imported when a sweep ends (Hydra starts faster)
 
     swept = swept_keys(jobs)
@@ -321,63 +353,179 @@ def sweep_plot_data(jobs: list[Job]) -> Sweep:
     for group in group_by_setting(jobs).values():
         done = [j for j in group if j.completed]
         keys = {k: group[0].keys.get(k) for k in swept}
-        settings.append(Setting(values_label(keys, swept), keys, [j.metrics.get("history") or [] for j in done], [j.metrics for j in done]))
+        diverged = sum(j.metrics.get("status") == "diverged" for j in group)
+        histories = [j.metrics.get("history") or [] for j in done]
+        settings.append(Setting(values_label(keys, swept), keys, histories, [j.metrics for j in done], diverged))
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
     penalized = any(_select(j.config, "reg.penalty") in ("l1", "l2") for j in jobs)
-    return Sweep(settings, swept, classification, penalized)
+    return Sweep(settings, swept, classification, penalized, metric or default_metric(jobs), baseline)
 
 
-def summarize_jobs(out_dir: Path, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Write the tables and plots of these jobs into out_dir. Returns the per-job rows and, when some setting has
-    several seeds, the per-setting stats."""
-    rows = [job.row() for job in jobs]
-    groups = group_by_setting(jobs)
-    stats = [setting_stats(s, g) for s, g in groups.items()] if any(len(g) > 1 for g in groups.values()) else None
-    write_summary(out_dir, rows, stats)
-    from regularization.plots import save_sweep_plots  # matplotlib, imported when a sweep ends (and Hydra starts faster)
-
-    save_sweep_plots(out_dir, sweep_plot_data(jobs))
-    return rows, stats
+def default_metric(jobs: list[Job]) -> str:
+    """The final test accuracy, or for regression (no accuracy) the final test loss."""
+    return "test_acc" if any(j.metrics.get("test_acc") is not None for j in jobs if j.completed) else "test_loss"
 
 
-def summarize_sweep(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Write the tables and plots of the sweep in sweep_dir, from its job dirs alone."""
-    return summarize_jobs(sweep_dir, collect_jobs(sweep_dir))
+def comparison_rows(jobs: list[Job], metric: str, baseline: str) -> list[dict[str, Any]]:
+    """Each setting's gain in ``metric`` over the baseline (KEY=VALUE), paired by seed (regularization.comparison)."""
+    swept = swept_keys(jobs)
+    records = [({k: j.keys.get(k) for k in [*swept, SEED_KEY]}, j.metrics.get(metric) if j.completed else None) for j in jobs]
+    return compare(records, swept, baseline, SEED_KEY)
 
 
-def compare_sweeps(sweep_dirs: list[Path], out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Several sweeps in one table and one figure, in out_dir: every job named ``<sweep dir name>/<job name>``,
-    with the sweep as one more swept key (a line or a colour per sweep)."""
-    names = [Path(d).name for d in sweep_dirs]
-    labels = names if len(set(names)) == len(names) else [str(d) for d in sweep_dirs]
-    jobs = [job for d, label in zip(sweep_dirs, labels, strict=True) for job in collect_jobs(d, sweep=label)]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return summarize_jobs(out_dir, jobs)
+def _interval(row: dict[str, Any]) -> str:
+    return f"[{row['ci_low']:+.4g}, {row['ci_high']:+.4g}]" if row["ci_low"] is not None else "-"
 
 
-def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
-    return summarize_sweep(sweep_dir)[0]
+def comparison_table(rows: list[dict[str, Any]], metric: str, markdown: bool) -> str:
+    """The gains, one row per compared setting: its keys, the pairs, the mean gain, its 95% CI and how it was had."""
+    keys = [k for k in rows[0] if k not in COMPARISON_COLUMNS]
+    cells = [[*keys, "pairs", f"gain in {metric}", "95% CI", "method"]]
+    for r in rows:
+        gain = "-" if r["gain_mean"] is None else f"{r['gain_mean']:+.4g}"
+        cells.append([*(_cell(r[k]) for k in keys), str(r["n_pairs"]), gain, _interval(r), r["method"]])
+    return _grid(cells, markdown)
 
 
-def console_report(rows: list[dict[str, Any]], stats: list[dict[str, Any]] | None) -> str:
-    """The per-job table, then mean ± std per setting when there are seeds."""
-    text = job_table(rows, markdown=False)
-    if stats:
-        text += "\n\nMean ± std over seeds (completed jobs):\n" + mean_std_table(stats, markdown=False)
+def comparison_note(rows: list[dict[str, Any]], metric: str, baseline: str) -> str:
+    """What the gain is, and where it is not paired by seed."""
+    text = (f"gain = {metric}(setting, seed) − {metric}({baseline}, seed), for the same values of the other swept keys; "
+            "mean over the seeds both completed, 95% CI from Student's t over the pairs.")  # fmt: skip
+    if any(r["method"] == "Welch" for r in rows):
+        text += (" Rows marked Welch: unpaired seeds (the two settings share fewer than two), so the gain is the "
+                 "difference of their means and the interval Welch's (unequal variances).")  # fmt: skip
     return text
 
 
-class SweepSummary(Callback):
-    """At the end of a multirun: write summary.csv, summary.md and the plots into the sweep dir and print the tables.
+def write_comparison(out_dir: Path, rows: list[dict[str, Any]], metric: str, baseline: str) -> str:
+    """comparison.csv; returns summary.md's section on it."""
+    write_text_atomic(Path(out_dir) / "comparison.csv", _csv(rows, list(rows[0])))
+    title = f"### Gain in {metric} over {baseline}, paired by seed (95% CI)"
+    return f"\n{title}\n\n{comparison_table(rows, metric, markdown=True)}\n{comparison_note(rows, metric, baseline)}\n"
 
-    As a Hydra callback it runs under any launcher. A sweep with failed jobs then exits with status 1.
+
+@dataclass
+class Report:
+    """What a summary wrote, for the console: the per-job rows, the per-setting stats (with seeds) and the gains
+    over the baseline (with one)."""
+
+    rows: list[dict[str, Any]]
+    stats: list[dict[str, Any]] | None
+    metric: str
+    baseline: str | None = None
+    comparison: list[dict[str, Any]] | None = None
+
+
+def summarize_jobs(out_dir: Path, jobs: list[Job], metric: str | None = None, baseline: str | None = None) -> Report:
+    """Write the tables and plots of these jobs into out_dir, showing ``metric`` (default: ``default_metric``), and
+    with a baseline KEY=VALUE the gains over it. ComparisonError, before anything is written, for a metric that
+    no job has or a baseline that matches no job."""
+    done = [j.metrics for j in jobs if j.completed]
+    if metric is not None and done:
+        check_metric(metric, done)
+    metric = metric or default_metric(jobs)
+    comparison = comparison_rows(jobs, metric, baseline) if baseline else None
+    rows = [job.row() | ({} if metric in METRIC_COLUMNS else {metric: job.metrics.get(metric)}) for job in jobs]
+    groups = group_by_setting(jobs)
+    stats = [setting_stats(s, g, metric) for s, g in groups.items()] if any(len(g) > 1 for g in groups.values()) else None
+    if not comparison:  # no stale comparison beside a summary that has none (save_sweep_plots: nor its plot)
+        (Path(out_dir) / "comparison.csv").unlink(missing_ok=True)
+    write_summary(out_dir, rows, stats, metric, write_comparison(out_dir, comparison, metric, baseline) if comparison else "")
+    from regularization.plots import save_sweep_plots  # matplotlib, imported when a sweep ends (and Hydra starts faster)
+
+    sweep = sweep_plot_data(jobs, metric, baseline)
+    sweep.comparison = comparison
+    save_sweep_plots(out_dir, sweep)
+    return Report(rows, stats, metric, baseline, comparison)
+
+
+def summarize_sweep(sweep_dir: Path, metric: str | None = None, baseline: str | None = None) -> Report:
+    """Write the tables and plots of the sweep in sweep_dir, from its job dirs alone."""
+    return summarize_jobs(sweep_dir, collect_jobs(sweep_dir), metric, baseline)
+
+
+def collect_sweeps(sweep_dirs: list[Path]) -> list[Job]:
+    """The jobs of several sweeps, each named ``<sweep dir name>/<job name>``, with the sweep as one more key, and
+    so is any key whose value differs between the sweeps."""
+    names = [Path(d).name for d in sweep_dirs]
+    labels = names if len(set(names)) == len(names) else [str(d) for d in sweep_dirs]
+    jobs = [job for d, label in zip(sweep_dirs, labels, strict=True) for job in collect_jobs(d, sweep=label)]
+    # A key a sweep holds constant is left out of its job names, yet it may differ between the sweeps (reg.impl):
+    # every key any job overrides is read from every job's config, and those that differ set the jobs apart.
+    every = {override_key(o) for job in jobs for o in job.overrides if not parse_override(o).is_delete()} - {SEED_KEY}
+    return [dataclasses.replace(job, sweep_keys=tuple(sorted({*job.sweep_keys, *every}))) for job in jobs]
+
+
+def compare_sweeps(sweep_dirs: list[Path], out_dir: Path, metric: str | None = None, baseline: str | None = None) -> Report:
+    """Several sweeps (``collect_sweeps``) in one table and one figure, in out_dir (a line or a colour per sweep)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return summarize_jobs(out_dir, collect_sweeps(sweep_dirs), metric, baseline)
+
+
+def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
+    return summarize_sweep(sweep_dir).rows
+
+
+def console_report(report: Report) -> str:
+    """The per-job table, then mean ± std per setting when there are seeds, then the gains over the baseline."""
+    text = job_table(report.rows, markdown=False, metric=report.metric)
+    if report.stats:
+        text += "\n\nMean ± std over seeds (completed jobs):\n" + mean_std_table(report.stats, markdown=False, hidden=_hidden(report.rows))
+    if report.comparison:
+        text += f"\n\nGain in {report.metric} over {report.baseline}, paired by seed:\n"
+        text += comparison_table(report.comparison, report.metric, markdown=False)
+        if any(r["method"] == "Welch" for r in report.comparison):
+            text += "\nWelch: unpaired seeds (fewer than two in common); difference of means, Welch's interval."
+    return text
+
+
+def check_baseline_against_overrides(baseline: str, overrides: list[str]) -> None:
+    """Before a sweep trains: ComparisonError when the command line sweeps the baseline's key over values that do not
+    include the baseline's (``summary.baseline=reg.lambd=5`` with ``reg.lambd=0,1,3``). A key the command line does
+    not list (a search's, say) is checked when the sweep ends."""
+    key, text = parse_baseline(baseline)
+    for override in map(parse_override, overrides):
+        if override_key(override.input_line) != key or override.is_delete():
+            continue
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return  # a range or an interval: its values are known when the sweep ends
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        if not any(same_value(as_number(v) if as_number(v) is not None else v, text) for v in values):
+            raise ComparisonError(f"baseline: {key}={text} matches no job; {key} takes {', '.join(values)}")
+
+
+def _choice(config: DictConfig, key: str) -> str | None:
+    return OmegaConf.select(config, f"summary.{key}", default=None)
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: write summary.csv, summary.md and the plots into the sweep dir and print the tables,
+    for the metric ``summary.metric`` and with the gains over ``summary.baseline`` when set.
+
+    As a Hydra callback it runs under any launcher. A sweep with failed jobs then exits with status 1, and so does one
+    whose summary.metric or summary.baseline the jobs do not have (its summary then shows the default metric).
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        baseline = _choice(config, "baseline")
+        if baseline:
+            try:
+                check_baseline_against_overrides(baseline, list(config.hydra.overrides.task))
+            except ComparisonError as e:  # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings
+                raise SystemExit(f"Invalid config: summary.{e}") from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        error = None
         with long_lived_heap_frozen():
-            rows, stats = summarize_sweep(sweep_dir)
-        log.info("Sweep summary (%s):\n%s", sweep_dir / "summary.md", console_report(rows, stats))
-        failed = [r["job"] for r in rows if r["status"] == "failed"]
+            try:
+                report = summarize_sweep(sweep_dir, _choice(config, "metric"), _choice(config, "baseline"))
+            except ComparisonError as e:
+                error = f"summary.{e}"
+                report = summarize_sweep(sweep_dir)
+        log.info("Sweep summary (%s):\n%s", sweep_dir / "summary.md", console_report(report))
+        failed = [r["job"] for r in report.rows if r["status"] == "failed"]
         if failed:  # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings
-            raise SystemExit(f"{len(failed)} of {len(rows)} jobs failed ({'; '.join(failed)}): see traceback.txt in their job dirs")
+            raise SystemExit(f"{len(failed)} of {len(report.rows)} jobs failed ({'; '.join(failed)}): see traceback.txt in their job dirs")
+        if error:
+            raise SystemExit(f"{error} (the summary shows {report.metric}, without a comparison)")

@@ -12,7 +12,9 @@ The members share nothing but the tensors they live in: the loss summed over mem
 ∂(Σⱼ Lⱼ)/∂w_k = ∂L_k/∂w_k, so one backward pass gives every member its own gradient.
 Dropout draws from a generator of the group's own (one mask per member), so dropout members agree
 with single runs in distribution, not bit for bit. A member whose objective stops being finite is marked
-diverged, its weights are zeroed and its learning rate set to 0, and the others train on.
+diverged, its weights are zeroed and its learning rate set to 0, and the others train on. A member that early
+stopping stops (``selection.EarlyStopping``, one per member) gets its best weights back and a learning rate of 0,
+and the others train on. Every member's learning rate follows the group's schedule: lr_k·f(e) (``schedule``).
 
 A group checkpoints as a single run does (``CheckpointCadence``): the stacked weights, the optimizer's state,
 each seed's batch generator, the dropout masks' generator, the global RNG states, the histories, statuses and
@@ -52,12 +54,21 @@ from regularization.checkpoint import (
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
 from regularization.data import load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
-from regularization.gpu import failure_message, is_sticky_cuda_error, release_cached_memory, sticky_cuda_error
+from regularization.gpu import (
+    failure_message,
+    is_sticky_cuda_error,
+    peak_memory,
+    release_cached_memory,
+    reset_peak_memory,
+    sticky_cuda_error,
+)
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
-from regularization.step import Step
+from regularization.schedule import factor_of
+from regularization.selection import EarlyStopping, selection_result
+from regularization.step import Step, set_matmul_precision
 
 # The keys in which the members of one stacked group may differ.
 STACKABLE = ("reg.lambd", "reg.dropout1", "reg.dropout2", "optim.lr", "seed")
@@ -201,6 +212,7 @@ class StackedOptimizer:
 
     def __init__(self, optim: DictConfig, params: list[torch.Tensor], lr: torch.Tensor, weight_decay: dict[int, torch.Tensor]) -> None:
         self.name, self.params, self.lr, self.weight_decay = optim.name, params, lr, weight_decay
+        self.base_lr = lr.clone()  # lr_k before the schedule's factor (``scale_lr``); 0 for a stopped member
         self.neg_lr = -lr  # made once, not per step and tensor
         self.momentum, self.nesterov = optim.get("momentum", 0.0), optim.get("nesterov", False)
         self.t = 0
@@ -233,17 +245,26 @@ class StackedOptimizer:
             p.sub_(bcast(adam_step, p) * m / denom)
 
     @torch.no_grad()
-    def freeze(self, members: torch.Tensor) -> None:
-        """Stop the given members ([K] bool): zero their weights and moments, and their learning rate."""
-        self.lr[members] = 0
-        self.neg_lr[members] = 0
-        for t in self.params + self.m + self.v:
-            t[members] = 0
+    def scale_lr(self, factor: float) -> None:
+        """Every member's learning rate for the coming epoch: lr_k·factor (the schedule's f, ``schedule.lr_factor``)."""
+        torch.mul(self.base_lr, factor, out=self.lr)
+        torch.neg(self.lr, out=self.neg_lr)
+
+    @torch.no_grad()
+    def freeze(self, members: torch.Tensor, keep_weights: bool = False) -> None:
+        """Stop the given members ([K] bool): their learning rate to 0, and (unless keep_weights) their weights and
+        moments zeroed (a diverged member's hold non-finite values)."""
+        for lr in (self.base_lr, self.lr, self.neg_lr):
+            lr[members] = 0
+        if not keep_weights:
+            for t in self.params + self.m + self.v:
+                t[members] = 0
 
 
 @dataclass
 class StackedData:
-    """Train and test tensors for K members: shared ([n, …], one dataset for all) or per member ([K, n, …])."""
+    """Train, test and (with data.val_size) validation tensors for K members: shared ([n, …], one dataset for all)
+    or per member ([K, n, …])."""
 
     X_train: torch.Tensor
     y_train: torch.Tensor
@@ -252,6 +273,8 @@ class StackedData:
     num_outputs: int
     per_member: bool
     classification: bool
+    X_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     members: torch.Tensor | None = field(init=False)  # [K, 1]: member k's row of per-member tensors, made once
 
@@ -278,10 +301,12 @@ def load_stacked_data(cfgs: list[DictConfig], device: torch.device) -> StackedDa
     by_seed = {s: load_data(_with_seed(cfgs[0], s), device) for s in distinct}
     first = by_seed[distinct[0]]
     names = ("X_train", "y_train", "X_test", "y_test")
+    val = ("X_val", "y_val") if first.X_val is not None else ()
     if len(distinct) == 1:
-        return StackedData(*(getattr(first, n) for n in names), first.num_outputs, False, first.is_classification)
-    tensors = [torch.stack([getattr(by_seed[s], n) for s in seeds]) for n in names]
-    return StackedData(*tensors, first.num_outputs, True, first.is_classification)
+        shared = {n: getattr(first, n) for n in names + val}
+        return StackedData(**shared, num_outputs=first.num_outputs, per_member=False, classification=first.is_classification)
+    tensors = {n: torch.stack([getattr(by_seed[s], n) for s in seeds]) for n in names + val}
+    return StackedData(**tensors, num_outputs=first.num_outputs, per_member=True, classification=first.is_classification)
 
 
 def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
@@ -381,9 +406,14 @@ def evaluate_all(
     values = {"train_loss": train_loss, "test_loss": test_loss, "objective": objective, "weight_l2_norm": flat.norm(dim=1)}
     if data.classification:
         values |= {"train_acc": train_acc, "test_acc": test_acc}
+    empty: dict[str, float | None] = {"train_acc": None, "test_acc": None}
+    if data.X_val is not None:
+        val_loss, val_acc = evaluate(net, data, data.X_val, data.y_val)
+        values |= {"val_loss": val_loss, "val_acc": val_acc} if data.classification else {"val_loss": val_loss}
+        empty["val_acc"] = None
     values["sparsity"] = (flat.abs() < sparsity_threshold).float().mean(1)
     host = torch.stack([v.float() for v in values.values()], dim=1).tolist()
-    return [{"train_acc": None, "test_acc": None} | dict(zip(values, row, strict=True)) for row in host]
+    return [empty | dict(zip(values, row, strict=True)) for row in host]
 
 
 def spread(histories: list[list[dict]], epoch: int) -> str:
@@ -448,6 +478,7 @@ def fit_group(
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
+    set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
@@ -464,6 +495,9 @@ class GroupState:
     results: list[dict]
     histories: list[list[dict]]
     active: torch.Tensor
+    # With early stopping: each member's bookkeeping, and the stacked weights of each member's best epoch.
+    stoppers: list[EarlyStopping] | None = None
+    best_params: list[torch.Tensor] | None = None
 
     def saved(self, epoch: int, net: StackedNet, wall_s: float) -> dict:
         """What a group checkpoint holds besides the global RNG states and the members (save_group_checkpoint adds those)."""
@@ -471,13 +505,16 @@ class GroupState:
         return {
             "epoch": epoch,
             "params": [p.detach() for p in net.parameters()],
-            "optimizer": {"t": opt.t, "lr": opt.lr, "m": opt.m, "v": opt.v},  # lr: 0 for members that diverged
+            # lr: each member's before the schedule (the epoch gives the factor), 0 for members that diverged or stopped
+            "optimizer": {"t": opt.t, "lr": opt.base_lr, "m": opt.m, "v": opt.v},
             "generators": [generator_state(g) for g in self.generators],
             "masks": generator_state(net.generator) if net.generator is not None else None,
             "results": self.results,
             "histories": self.histories,
             "active": self.active,
             "wall_s": wall_s,
+            "early_stopping": [s.state_dict() for s in self.stoppers] if self.stoppers else None,
+            "best_params": self.best_params,
         }
 
     @torch.no_grad()
@@ -490,8 +527,13 @@ class GroupState:
         ):
             t.copy_(value)
         opt.t = saved["optimizer"]["t"]
-        opt.lr.copy_(saved["optimizer"]["lr"])
-        opt.neg_lr.copy_(-opt.lr)
+        opt.base_lr.copy_(saved["optimizer"]["lr"])
+        opt.scale_lr(1.0)  # the epoch's factor is set as it begins
+        if self.stoppers:
+            for stopper, state in zip(self.stoppers, saved["early_stopping"], strict=True):
+                stopper.load_state_dict(state)
+            for best, value in zip(self.best_params, saved["best_params"], strict=True):
+                best.copy_(value)
         exact = all([restore_generator(g, state) for g, state in zip(self.generators, saved["generators"], strict=True)])
         if net.generator is not None and saved["masks"] is not None:
             exact &= restore_generator(net.generator, saved["masks"])
@@ -522,12 +564,16 @@ def fit_members(
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     which = torch.tensor([seeds.index(c.seed) for c in cfgs], device=device)
     epochs, every, n = first.trainer.epochs, first.trainer.eval_every, data.X_train.shape[-2]
+    lr_factor = factor_of(first)  # the schedule is not stackable: one f for the group, times each member's lr
+    stoppers = [EarlyStopping.of(c) for c in cfgs] if EarlyStopping.of(first) else None
     state = GroupState(
         optimizer,
         generators,
         results=[{"status": "completed", "epochs": epochs} for _ in cfgs],
         histories=[[] for _ in cfgs],
         active=torch.ones(K, dtype=torch.bool, device=device),
+        stoppers=stoppers,
+        best_params=[p.detach().clone() for p in params] if stoppers else None,
     )
     results, histories, active = state.results, state.histories, state.active
     done = 0
@@ -544,6 +590,7 @@ def fit_members(
         if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
             raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
+        optimizer.scale_lr(lr_factor(epoch - 1))
         objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm, step)
         if first.trainer.compile and epoch == 1:
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
@@ -559,22 +606,49 @@ def fit_members(
                     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                         diverged[k] = True
             log.info("epoch %d/%d: %d of %d members training; %s", epoch, epochs, sum(alive), K, spread(histories, epoch))
+            if stoppers:
+                stop_members(state, net, evaluated, [a and not d for a, d in zip(alive, diverged.tolist(), strict=True)], epoch)
         if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
             for k in diverged.nonzero().flatten().tolist():
                 log.warning("member %d, epoch %d: the loss is not finite; stopping it (status diverged)", k, epoch)
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-        if checkpoint is not None and cadence.due(epoch):
+        if checkpoint is not None and (cadence.due(epoch) or not bool(active.any())):  # the last epoch any member trains
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), cfgs, device)
             cadence.saved()
-    for result, history in zip(results, histories, strict=True):
-        result |= run_result(history) | {"history": history}
+    for k, (result, history) in enumerate(zip(results, histories, strict=True)):
+        stopper = stoppers[k] if stoppers else None
+        result |= run_result(history) | selection_result(history, cfgs[k], stopper, result["status"] == "completed")
+        result["history"] = history
         if first.trainer.compile:
             result["compile_s"] = step.compile_s  # the group's, within its wall_s
     return results
+
+
+@torch.no_grad()
+def stop_members(state: GroupState, net: StackedNet, evaluated: list[dict], finite: list[bool], epoch: int) -> None:
+    """Early stopping for every member evaluated with finite losses at this epoch, as engine.fit does it for a job:
+    a new best keeps the member's weights (into ``state.best_params``); a member out of patience gets its best
+    weights back and a learning rate of 0, and stops training (it is no longer ``active``)."""
+    improved, stopping = torch.zeros_like(state.active), torch.zeros_like(state.active)
+    for k, metrics in enumerate(evaluated):
+        if finite[k]:
+            improved[k] = state.stoppers[k].update(epoch, metrics)
+            stopping[k] = state.stoppers[k].stopped
+    params = net.parameters()
+    for best, p in zip(state.best_params, params, strict=True):
+        best[improved] = p[improved]
+    if bool(stopping.any()):
+        for k in stopping.nonzero().flatten().tolist():
+            s = state.stoppers[k]
+            log.info("member %d, epoch %d: %s has not improved for %d evaluations; stopping it early", k, epoch, s.metric, s.patience)
+        for best, p in zip(state.best_params, params, strict=True):
+            p[stopping] = best[stopping]
+        state.optimizer.freeze(stopping, keep_weights=True)
+        state.active &= ~stopping
 
 
 def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = False) -> tuple[Path, dict | None]:
@@ -635,6 +709,7 @@ def train_group(
         return before + time.perf_counter() - start
 
     try:
+        reset_peak_memory(device)
         results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
@@ -661,7 +736,9 @@ def train_group(
     wall = elapsed()
     # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
     with ThreadPoolExecutor(max_workers=16) as pool:
-        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)}
+        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(
+            device, "group_peak_memory_bytes"
+        )
         ids = [{"experiment_id": experiment_id(cfg)} for cfg in cfgs]
         list(pool.map(lambda r, d, i: write_json_atomic(d / "metrics.json", r | shares | i), results, out_dirs, ids))
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]

@@ -1,7 +1,8 @@
 """Rerun what the tables of README.md and docs/ report, and write the tables between their markers.
 
 Each table sits between ``<!-- numbers:NAME -->`` and ``<!-- /numbers -->`` in its file; this script
-replaces what is between them with a fresh table, the command that produced it, and the machine and date.
+replaces what is between them with a fresh table, the command that produced it, the CPU model (fp32 digits
+differ between CPU models), torch and the date. Accuracy and loss tables carry no times (speed is bench.py's).
 Nothing outside the markers changes, so a table cannot drift from what the code gives today.
 
     python scripts/docs_numbers.py                   # every table (minutes: real Fashion-MNIST runs, the benchmark)
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -33,13 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"(<!-- numbers:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /numbers -->)", re.DOTALL)
 
 
-def machine() -> str:
-    """The machine, torch, the date, and the load others put on the machine (which skews wall times)."""
+def machine(load: bool = False) -> str:
+    """The CPU model (fp32 results differ across models), torch, the date, and, for a table with times, the load
+    others put on the machine (which skews wall times)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    load = os.getloadavg()[0]
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {date.today().isoformat()}, load average {load:.1f}"
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+    from regularization.machine import cpu_model
+
+    named = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {date.today().isoformat()}"
+    return f"{named}, load average {os.getloadavg()[0]:.1f}" if load else named
 
 
 def run_sweep(args: list[str], workdir: Path) -> tuple[Path, str]:
@@ -79,7 +82,7 @@ def make_run(opts: argparse.Namespace) -> str:
     lines = console.splitlines()
     start = next(i for i, line in enumerate(lines) if "Sweep summary" in line) + 1
     rows = [line.rstrip() for line in lines[start : start + 3]]
-    return f"```\n{chr(10).join(rows)}\n```\n\n({machine()}; `wall_s` is each job's training time.)"
+    return f"```\n{chr(10).join(rows)}\n```\n\n({machine(load=True)}; `wall_s` is each job's training time.)"
 
 
 def weight_decay_rows(jobs: list[dict], key: str, values: tuple[str, ...], fmt: str) -> list[list[str]]:
@@ -110,9 +113,9 @@ def fidelity_dropout(opts: argparse.Namespace) -> str:
     epochs = 1 if opts.fast else 10
     args = ["+experiment=dropout", "reg=dropout_scratch,dropout_builtin", f"trainer.epochs={epochs}", f"data.root={opts.data_root}"]
     jobs = sweep(args, opts.workdir)
-    rows = [[j["overrides"]["reg"], f"{j['test_acc']:.4f}", f"{j['train_loss']:.3f}", f"{j['wall_s']:.0f} s"] for j in jobs]
+    rows = [[j["overrides"]["reg"], f"{j['test_acc']:.4f}", f"{j['train_loss']:.3f}"] for j in jobs]  # no times: bench.py measures speed
     head = f"`python train.py -m +experiment=dropout reg=dropout_scratch,dropout_builtin`, seed 0, {epochs} epochs. {machine()}.\n\n"
-    return head + table(["reg", "test accuracy", "train loss", "wall"], rows)
+    return head + table(["reg", "test accuracy", "train loss"], rows)
 
 
 def dropout_recipe(opts: argparse.Namespace) -> str:
@@ -230,7 +233,7 @@ def startup_profile(opts: argparse.Namespace) -> str:
     rows = [[phase, str(calls), f"{seconds:.2f} s", f"{seconds / total:.0%}"] for phase, (calls, seconds) in phases.items()]
     head = (
         f"`python -m cProfile train.py -m {' '.join(args)}`: {total:.2f} s profiled; torchvision imported: "
-        f"{'yes' if torchvision else 'no'}. {machine()}.\n\n"
+        f"{'yes' if torchvision else 'no'}. {machine(load=True)}.\n\n"
     )
     return head + table(["phase", "calls", "cumulative", "share"], rows)
 

@@ -1,41 +1,121 @@
-"""The GPU claims, checked in one run on the first machine with CUDA (under 5 minutes on one GPU).
+"""The GPU claims, checked in one run on the first machine with CUDA (sized for under 5 minutes on one GPU).
 
-1. launchers: a 2-job λ sweep, 5 epochs, device=auto, under basic, joblib, submitit_local and vectorized: every
-   job completes, on CUDA (its train.log says where it trained), and agrees with the basic launcher's numbers;
-2. kill -9, then resume: bitwise equal to an uninterrupted run on CUDA (Adam on the weight-decay data; the dropout
-   MLP, whose masks come from the CUDA RNG, when Fashion-MNIST is in data/);
+1. launchers: a 2-job λ sweep, 5 epochs, under basic, joblib, submitit_local and vectorized: every job completes,
+   on the device asked for (its train.log says where it trained), and agrees with the basic launcher's numbers;
+2. kill -9, then resume: bitwise equal to an uninterrupted run (Adam on the weight-decay data; the dropout MLP,
+   whose masks come from the device's RNG);
 3. trainer.deterministic: two runs with it on, two with it off; bitwise or how far apart;
-4. bench.py's rows on this GPU: (a) the chapter's epoch against the harness's, (b) a 16-value λ sweep, basic
-   against vectorized, (d) the matmul share;
-5. a 256-job dropout1 × dropout2 sweep (1 epoch) under the vectorized launcher, against the jobs one after another
-   (8 of them timed under the basic launcher, extrapolated to 256).
+4. bench.py's rows on this device: (b) a 16-value λ sweep, basic against vectorized, (a) the chapter's epoch against
+   the harness's, (d) the matmul share;
+5. an n × n dropout1 × dropout2 sweep (1 epoch; 16 × 16 on a GPU) as one vectorized group, against the jobs one after
+   another (a few of them run under the basic launcher, extrapolated); both sides in-process training time.
 
-Prints a table and writes outputs/gpu_check/gpu_check-<time>.json. Run: python scripts/gpu_check.py
-Without CUDA it stops at once and says so.
+Prints a table and writes outputs/gpu_check/gpu_check-<time>.json after every check (a crash or a Ctrl-C leaves
+the rows so far). A run that passes its time limit is a failed row, never a crash.
+
+    python scripts/gpu_check.py                # on a machine with CUDA (without one it stops at once and says so)
+    python scripts/gpu_check.py --device cpu   # every row that does not need CUDA, sized for a CPU (CI)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
+import os
+import platform
 import runpy
 import signal
+import statistics
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the package is next to it
+from regularization.logging import write_json_atomic  # noqa: E402
+
 OUT = ROOT / "outputs" / "gpu_check"
 DATA = ROOT / "data"
-NO_CUDA = "gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with an NVIDIA GPU"
-# A checkpoint after every epoch (no minimum interval), so that the kill lands between two checkpoints mid-run.
-EVERY_EPOCH = "trainer.checkpoint_min_interval_s=0"
-WEIGHT_DECAY_ADAM = ["+experiment=weight_decay", "optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.eval_every=50", EVERY_EPOCH]
+NO_CUDA = (
+    "gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with an NVIDIA GPU, "
+    "or pass --device cpu for the rows that do not need one"
+)
+# metrics.json keys that are not results: wall times, and the vectorized launcher's bookkeeping of its group.
+NOT_RESULTS = frozenset({"wall_s", "group_wall_s", "group_size", "compile_s", "peak_memory_bytes", "group_peak_memory_bytes"})
+WEIGHT_DECAY_ADAM = ["+experiment=weight_decay", "optim=adam", "optim.lr=0.01", "reg.lambd=0.1", "trainer.eval_every=50"]
+# The dropout MLP without Fashion-MNIST (or on a CPU, where the real data would not fit the time): synthetic data.
+SYNTHETIC_MLP = ["model=mlp", "reg=dropout_scratch", "data.n_train=2000", "data.batch_size=100", "model.hidden1=64", "model.hidden2=64"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet): about 20 train.py
+    processes whose start-up dominates (the launcher and resume rows are small fixed runs), plus the dropout rows'
+    Fashion-MNIST epochs (about 32 of the MLP, a 256-member group's one epoch, 8 one-epoch jobs). ``cpu`` runs the
+    same rows on a CPU, the dropout rows on synthetic data; ``tiny`` is the test suite's: the same logic, smallest."""
+
+    launchers: tuple[str, ...] = ("basic", "joblib", "submitit_local", "vectorized")
+    launcher_epochs: int = 5
+    resume_epochs: int = 400  # the weight-decay run killed mid-way (4 steps an epoch)
+    resume_runs: tuple[str, ...] = ("weight_decay_adam", "dropout_mlp")
+    real_data: bool = True  # the dropout rows on Fashion-MNIST when it is in data/ (else the synthetic MLP)
+    dropout_epochs: int = 10  # the dropout MLP's resume run
+    determinism_epochs: int = 3
+    deterministic: tuple[bool, ...] = (True, False)  # the repeat pairs run: with trainer.deterministic on, off
+    grid: int = 16  # the dropout sweep: grid × grid jobs as one vectorized group
+    basic_sample: int = 8  # of which these run under the basic launcher
+    bench_lambdas: int = 16
+    bench_epoch: bool = True  # bench (a) and (d): an epoch of the chapter's MLP, timed
+    timeout_s: float = 240.0  # one train.py run
+
+
+SIZES = {
+    "gpu": Sizes(),
+    "cpu": Sizes(real_data=False, dropout_epochs=20, determinism_epochs=2, grid=8, basic_sample=4, bench_epoch=False, timeout_s=120.0),
+    "tiny": Sizes(
+        launchers=("basic", "vectorized"),
+        launcher_epochs=2,
+        resume_epochs=200,
+        resume_runs=("weight_decay_adam",),
+        real_data=False,
+        dropout_epochs=20,
+        determinism_epochs=1,
+        deterministic=(True,),
+        grid=2,
+        basic_sample=2,
+        bench_lambdas=2,
+        bench_epoch=False,
+        timeout_s=60.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """Where the runs write, on which device, at which sizes."""
+
+    work: Path
+    device: str  # "cuda" or "cpu"
+    sizes: Sizes
+
+    def dropout_args(self) -> list[str]:
+        """The dropout MLP: the chapter's on Fashion-MNIST, or the synthetic one."""
+        if self.sizes.real_data and has_fashion_mnist():
+            return ["+experiment=dropout", f"data.root={DATA}"]
+        return SYNTHETIC_MLP
+
+    def train(self, args: list[str]) -> subprocess.CompletedProcess:
+        return train([*args, f"device={self.device}"], self.work, self.sizes.timeout_s)
 
 
 def require_cuda(available: bool) -> None:
@@ -50,16 +130,17 @@ def has_fashion_mnist(root: Path = DATA) -> bool:
     ).exists()
 
 
-def without_wall_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "wall_s"}
+def results_only(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in NOT_RESULTS}
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
     """The largest relative difference |x − y| / (|y| + 1e-7) between two metrics.json's numbers (final values and
-    every evaluation's); 0.0 is bitwise equal, inf where they differ in kind (status, number of evaluations, keys)."""
+    every evaluation's; wall times and a vectorized group's bookkeeping left out); 0.0 is bitwise equal, inf where
+    they differ in kind (status, number of evaluations, keys)."""
     if a.get("status") != b.get("status") or len(a.get("history", [])) != len(b.get("history", [])):
         return math.inf
-    pairs = [(without_wall_time(a), without_wall_time(b))] + list(zip(a.get("history", []), b.get("history", []), strict=True))
+    pairs = [(results_only(a), results_only(b))] + list(zip(a.get("history", []), b.get("history", []), strict=True))
     worst = 0.0
     for x, y in pairs:
         if x.keys() != y.keys():
@@ -88,112 +169,153 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TIMED_OUT = 124  # the return code of a run stopped at its time limit (as timeout(1) exits)
+
+
 def train(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """``python train.py ARGS`` in cwd. Past ``timeout`` seconds the run and every process it started (joblib's
+    and submitit's workers) are killed, and it comes back with return code 124 and a line saying so."""
+    argv = [sys.executable, str(ROOT / "train.py"), *args]
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(argv, TIMED_OUT, out, f"{err}\ngpu_check: timed out after {timeout:g} s")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def last_error(proc: subprocess.CompletedProcess) -> str:
+    lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit status {proc.returncode}"
 
 
 def metrics(job_dir: Path) -> dict:
-    return json.loads((job_dir / "metrics.json").read_text())
+    try:
+        return json.loads((job_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").exists()) if sweep_dir.is_dir() else []
 
 
-def check_launchers(work: Path) -> list[dict]:
-    sweep = ["-m", "+experiment=weight_decay", "reg.lambd=0,3", "trainer.epochs=5", "device=auto"]
-    launchers = {
+def trained_on(job_dir: Path, device: str) -> bool:
+    """Whether the job's train.log says it trained on ``device`` (cuda: any index)."""
+    log = job_dir / "train.log"
+    return log.exists() and f"on {device}" in log.read_text()
+
+
+def check_launchers(c: Check) -> list[dict]:
+    sweep = ["-m", "+experiment=weight_decay", "reg.lambd=0,3", f"trainer.epochs={c.sizes.launcher_epochs}"]
+    # device=auto on a GPU: the launchers' choice of device is what is checked there.
+    device = "auto" if c.device == "cuda" else c.device
+    extras = {
         "basic": [],
         "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
         "submitit_local": ["hydra/launcher=submitit_local"],
         "vectorized": ["hydra/launcher=vectorized"],
     }
     rows, reference = [], None
-    for name, extra in launchers.items():
-        start, sweep_dir = time.perf_counter(), work / "launchers" / name
-        proc = train([*sweep, *extra, f"hydra.sweep.dir={sweep_dir}"], work)
+    for name in c.sizes.launchers:
+        start, sweep_dir = time.perf_counter(), c.work / "launchers" / name
+        proc = train([*sweep, *extras[name], f"device={device}", f"hydra.sweep.dir={sweep_dir}"], c.work, c.sizes.timeout_s)
         jobs = job_dirs(sweep_dir)
         results = {p.name: metrics(p) for p in jobs}
-        on_cuda = bool(jobs) and all("cuda" in (p / "train.log").read_text() for p in jobs if (p / "train.log").exists())
+        on_device = bool(jobs) and all(trained_on(p, c.device) for p in jobs)
         reference = reference or results
         diff = max((max_rel_diff(results.get(k, {}), reference[k]) for k in reference), default=math.inf)
-        completed = len(results) == 2 and all(r["status"] == "completed" for r in results.values())
-        ok = proc.returncode == 0 and completed and on_cuda and diff <= 1e-4
-        rows.append(
-            {"check": f"launcher {name}", "ok": ok, "s": time.perf_counter() - start, "on_cuda": on_cuda, "max_rel_diff_vs_basic": diff}
-        )
+        completed = len(results) == 2 and all(r.get("status") == "completed" for r in results.values())
+        ok = proc.returncode == 0 and completed and on_device and diff <= 1e-4
+        row = {"check": f"launcher {name}", "ok": ok, "s": time.perf_counter() - start, f"on_{c.device}": on_device}
+        rows.append(row | {"max_rel_diff_vs_basic": diff})
         if proc.returncode != 0:
-            rows[-1]["error"] = proc.stderr.strip().splitlines()[-1:] or proc.stdout.strip().splitlines()[-1:]
+            rows[-1]["error"] = last_error(proc)
     return rows
 
 
-def kill_then_resume(work: Path, name: str, args: list[str]) -> dict:
+def kill_then_resume(c: Check, name: str, args: list[str]) -> dict:
     """An uninterrupted run; the same run killed with SIGKILL after its first checkpoint, then resumed."""
     start = time.perf_counter()
-    straight, killed = work / "resume" / name / "straight", work / "resume" / name / "killed"
-    train([*args, f"hydra.run.dir={straight}"], work)
-    log = open(work / f"{name}-killed.out", "w")  # noqa: SIM115 - the child writes to it until it is killed
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"], cwd=work, stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
+    straight, killed = c.work / "resume" / name / "straight", c.work / "resume" / name / "killed"
+    first = c.train([*args, f"hydra.run.dir={straight}"])
+    log = open(c.work / f"{name}-killed.out", "w")  # noqa: SIM115 - the child writes to it until it is killed
+    argv = [sys.executable, str(ROOT / "train.py"), *args, f"device={c.device}", f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(argv, cwd=c.work, stdout=log, stderr=log)
+    deadline = time.monotonic() + c.sizes.timeout_s
     while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     log.close()
     interrupted = not (killed / "metrics.json").exists() and (killed / "checkpoint.pt").exists()
-    resumed = train([*args, f"hydra.run.dir={killed}"], work)
-    diff = max_rel_diff(metrics(killed), metrics(straight)) if (killed / "metrics.json").exists() else math.inf
-    bitwise = without_wall_time(metrics(killed)) == without_wall_time(metrics(straight)) if math.isfinite(diff) else False
+    resumed = c.train([*args, f"hydra.run.dir={killed}"])
+    diff = max_rel_diff(metrics(killed), metrics(straight)) if metrics(killed) and metrics(straight) else math.inf
+    bitwise = math.isfinite(diff) and results_only(metrics(killed)) == results_only(metrics(straight))
     # A run that ended before the kill proves nothing: n/a, not ok.
     ok = (bitwise and "resuming from" in resumed.stdout + resumed.stderr) if interrupted else None
-    return {
-        "check": f"kill -9 + resume {name}",
-        "ok": ok,
-        "s": time.perf_counter() - start,
-        "killed_mid_run": interrupted,
-        "max_rel_diff": diff,
+    if TIMED_OUT in (first.returncode, resumed.returncode) or not (straight / "checkpoint.pt").exists():
+        ok = False  # a run that never got going is a failure, not a kill that came late
+    row = {"check": f"kill -9 + resume {name}", "ok": ok, "s": time.perf_counter() - start, "killed_mid_run": interrupted}
+    row["max_rel_diff"] = diff
+    if ok is False:
+        row["error"] = last_error(resumed if first.returncode == 0 else first)
+    return row
+
+
+def ten_checkpoints(epochs: int) -> list[str]:
+    """A run of ``epochs`` with a checkpoint every tenth of it (no minimum interval): the kill after the first one
+    lands between two checkpoints with most of the run to come, and the run fsyncs 10 checkpoints, not one an epoch."""
+    return [f"trainer.epochs={epochs}", f"trainer.checkpoint_every={max(1, epochs // 10)}", "trainer.checkpoint_min_interval_s=0"]
+
+
+def check_resume(c: Check) -> list[dict]:
+    runs = {
+        "weight_decay_adam": [*WEIGHT_DECAY_ADAM, *ten_checkpoints(c.sizes.resume_epochs)],
+        "dropout_mlp": [*c.dropout_args(), *ten_checkpoints(c.sizes.dropout_epochs)],
     }
+    return [kill_then_resume(c, name, runs[name]) for name in c.sizes.resume_runs]
 
 
-def check_resume(work: Path) -> list[dict]:
-    rows = [kill_then_resume(work, "weight_decay_adam", [*WEIGHT_DECAY_ADAM, "trainer.epochs=1500", "device=cuda"])]
-    if has_fashion_mnist():
-        dropout = ["+experiment=dropout", f"data.root={DATA}", "trainer.epochs=8", EVERY_EPOCH, "device=cuda"]
-        rows.append(kill_then_resume(work, "dropout_mlp", dropout))
-    return rows
-
-
-def check_determinism(work: Path) -> list[dict]:
-    """Two runs each with trainer.deterministic on and off: the dropout MLP (or, without Fashion-MNIST, an MLP on
-    the synthetic data), whose masks, matmuls and cross-entropy all run on the GPU."""
-    if has_fashion_mnist():
-        args = ["+experiment=dropout", f"data.root={DATA}", "trainer.epochs=3", "device=cuda"]
-    else:
-        args = ["model=mlp", "reg=dropout_scratch", "data.n_train=2000", "trainer.epochs=20", "device=cuda"]
+def check_determinism(c: Check) -> list[dict]:
+    """Two runs each with trainer.deterministic on and off: the dropout MLP, whose masks, matmuls and cross-entropy
+    all run on the device."""
+    args = [*c.dropout_args(), f"trainer.epochs={c.sizes.determinism_epochs}"]
     rows = []
-    for on in (True, False):
+    for on in c.sizes.deterministic:
         start = time.perf_counter()
-        runs = []
+        runs, procs = [], []
         for i in range(2):
-            job = work / "deterministic" / f"{on}-{i}"
-            train([*args, f"trainer.deterministic={str(on).lower()}", f"hydra.run.dir={job}"], work)
-            runs.append(metrics(job) if (job / "metrics.json").exists() else {})
-        diff = max_rel_diff(*runs)
-        row = {"check": f"deterministic={str(on).lower()}: repeats", "ok": diff == 0.0 if on else None, "s": time.perf_counter() - start}
-        rows.append(row | {"bitwise": diff == 0.0, "max_rel_diff": diff})
+            job = c.work / "deterministic" / f"{on}-{i}"
+            procs.append(c.train([*args, f"trainer.deterministic={str(on).lower()}", f"hydra.run.dir={job}"]))
+            runs.append(metrics(job))
+        diff = max_rel_diff(*runs) if all(runs) else math.inf
+        ran = all(p.returncode == 0 for p in procs)
+        row = {"check": f"deterministic={str(on).lower()}: repeats", "ok": (ran and diff == 0.0) if on else (None if ran else False)}
+        rows.append(row | {"s": time.perf_counter() - start, "bitwise": diff == 0.0, "max_rel_diff": diff})
+        if not ran:
+            rows[-1]["error"] = last_error(next(p for p in procs if p.returncode != 0))
     return rows
 
 
-def check_bench() -> list[dict]:
-    """bench.py's rows on this GPU: (a) and (d) need Fashion-MNIST; (b) is the 16-value λ sweep, timed once."""
+def check_bench(c: Check) -> list[dict]:
+    """bench.py's rows on this device: (b) is the λ sweep, both launchers in this process after a warm-up of
+    each; (a) and (d) need Fashion-MNIST."""
     bench = runpy.run_path(str(ROOT / "scripts" / "bench.py"), run_name="bench")
-    device, rows = torch.device("cuda"), []
+    with contextlib.chdir(ROOT):  # bench's relative paths (data/, outputs/bench/) are the repository's
+        return bench_rows(bench, c)
+
+
+def bench_rows(bench: dict, c: Check) -> list[dict]:
+    device, rows = torch.device(c.device), []
     start = time.perf_counter()
-    basic, vectorized, _ = bench["sweep_ratio"]("gpu-check-lambda", ["+experiment=weight_decay", "reg.lambd=range(0,10,0.625)"])
-    rows.append({"check": "bench (b) 16-value λ sweep", "ok": None, "s": time.perf_counter() - start, "basic_s": basic})
-    rows[-1] |= {"vectorized_s": vectorized, "speedup": basic / vectorized}
-    if has_fashion_mnist():
+    lambd = f"reg.lambd=range(0,10,{10 / c.sizes.bench_lambdas})"
+    basic, vectorized, _ = bench["sweep_ratio"]("gpu-check-lambda", ["+experiment=weight_decay", lambd, f"device={c.device}"])
+    row = {"check": f"bench (b) {c.sizes.bench_lambdas}-value λ sweep", "ok": None, "s": time.perf_counter() - start}
+    rows.append(row | {"basic_s": basic, "vectorized_s": vectorized, "speedup": basic / vectorized})
+    if c.sizes.bench_epoch and has_fashion_mnist():
         start = time.perf_counter()
         peak = bench["sgemm_flops"](device)
         chapter = bench["median_time"](bench["chapter_epoch_fn"](device), 3, device=device)
@@ -204,61 +326,95 @@ def check_bench() -> list[dict]:
     return rows
 
 
-def check_dropout_sweep(work: Path) -> list[dict]:
-    """256 jobs (16 × 16 dropout rates, 1 epoch) as one vectorized group, against the basic launcher's time per
-    job on 8 of them, times 256."""
-    if not has_fashion_mnist():
-        return [{"check": "256-job dropout sweep", "ok": None, "skipped": f"Fashion-MNIST not in {DATA}"}]
-    base = ["-m", "+experiment=dropout", f"data.root={DATA}", "trainer.epochs=1", "device=cuda"]
+def one_after_another_s(walls: list[float], n_jobs: int) -> float:
+    """The training time of n_jobs run one after another, from a few run so: the first job's warm-up (CUDA context,
+    cuBLAS handles, allocator) paid once, as the vectorized group pays it once, then the median warm job's."""
+    return walls[0] + (n_jobs - 1) * statistics.median(walls[1:] or walls)
+
+
+def check_dropout_sweep(c: Check) -> list[dict]:
+    """grid × grid jobs (dropout rates, 1 epoch) as one vectorized group, against a few of them under the basic
+    launcher, extrapolated (``one_after_another_s``). Both sides are in-process training time from metrics.json
+    (``group_wall_s``, each job's ``wall_s``): neither pays its process's start-up, both pay warm-up once."""
+    n, k = c.sizes.grid**2, c.sizes.basic_sample
+    base = ["-m", *c.dropout_args(), "trainer.epochs=1"]
     start = time.perf_counter()
-    vec_dir = work / "dropout256" / "vectorized"
-    args = [*base, *dropout_grid(16), "hydra/launcher=vectorized", "hydra.launcher.max_members=256", f"hydra.sweep.dir={vec_dir}"]
-    proc = train(args, work, timeout=300)
-    vectorized = time.perf_counter() - start
-    completed = sum(metrics(p).get("status") == "completed" for p in job_dirs(vec_dir))
+    vec_dir = c.work / "dropout_sweep" / "vectorized"
+    group = ["hydra/launcher=vectorized", f"hydra.launcher.max_members={n}"]
+    proc = c.train([*base, *dropout_grid(c.sizes.grid), *group, f"hydra.sweep.dir={vec_dir}"])
+    vectorized = [metrics(p) for p in job_dirs(vec_dir)]
+    completed = sum(m.get("status") == "completed" for m in vectorized)
+    rates = dropout_grid(c.sizes.grid)[0].removeprefix("reg.dropout1=").split(",")
+    basic_dir = c.work / "dropout_sweep" / "basic"
+    basic_proc = c.train([*base, "reg.dropout1=0", f"reg.dropout2={','.join(rates[:k])}", f"hydra.sweep.dir={basic_dir}"])
+    # The basic jobs in the order they ran (their dirs' names sort otherwise).
+    ran = sorted(job_dirs(basic_dir), key=lambda p: (p / "metrics.json").stat().st_mtime)
+    walls = [m["wall_s"] for m in map(metrics, ran) if "wall_s" in m]
+    ok = proc.returncode == 0 and completed == n and basic_proc.returncode == 0 and len(walls) == k
+    row = {"check": f"{n}-job dropout sweep", "ok": ok, "s": time.perf_counter() - start, "completed": completed}
+    if not ok:
+        return [row | {"error": last_error(proc if proc.returncode else basic_proc)}]
+    together = max(m["group_wall_s"] for m in vectorized)
+    estimate = one_after_another_s(walls, n)
+    return [row | {"vectorized_train_s": together, "one_after_another_train_s_est": estimate, "speedup": estimate / together}]
+
+
+CHECKS: list[Callable[[Check], list[dict]]] = [check_launchers, check_resume, check_determinism, check_dropout_sweep, check_bench]
+
+
+def run_check(check: Callable[[Check], list[dict]], c: Check) -> list[dict]:
+    """A check's rows; one that raises is one failed row with its error, and the next check runs."""
     start = time.perf_counter()
-    train([*base, "reg.dropout1=0,0.05", "reg.dropout2=0,0.05,0.1,0.15", f"hydra.sweep.dir={work / 'dropout256' / 'basic'}"], work)
-    per_job = (time.perf_counter() - start) / 8
-    row = {"check": "256-job dropout sweep", "ok": proc.returncode == 0 and completed == 256, "s": vectorized + 8 * per_job}
-    return [
-        row
-        | {
-            "completed": completed,
-            "vectorized_s": vectorized,
-            "one_after_another_s_est": 256 * per_job,
-            "speedup": 256 * per_job / vectorized,
-        }
-    ]
+    try:
+        return check(c)
+    except Exception as err:  # noqa: BLE001 - any error in a check is its failure, reported with the others
+        error = "".join(traceback.format_exception_only(err)).strip().splitlines()[-1]
+        name = check.__name__.removeprefix("check_").replace("_", " ")
+        return [{"check": name, "ok": False, "s": time.perf_counter() - start, "error": error}]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=OUT / "runs", help="where the check's runs write (default: %(default)s)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: every row that does not need CUDA, on the CPU")
+    parser.add_argument("--size", choices=tuple(SIZES), default=None, help="the rows' sizes (default: gpu on cuda, cpu on cpu)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the report and the runs go (default: %(default)s)")
     args = parser.parse_args()
-    require_cuda(torch.cuda.is_available())
+    if args.device == "cuda":
+        require_cuda(torch.cuda.is_available())
+    sizes = SIZES[args.size or ("gpu" if args.device == "cuda" else "cpu")]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = args.work / stamp
+    work = args.out / "runs" / stamp
     work.mkdir(parents=True)
-    rows: list[dict] = []
-    for check in (check_launchers, check_resume, check_determinism, check_dropout_sweep):
-        new = check(work)
-        print(format_table(new), flush=True)
-        rows += new
-    rows += check_bench()
+    c = Check(work.resolve(), args.device, sizes)
     report = {
-        "device": torch.cuda.get_device_name(0),
-        "gpus": torch.cuda.device_count(),
+        "device": device_name(args.device),
+        "gpus": torch.cuda.device_count() if args.device == "cuda" else 0,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "size": args.size or ("gpu" if args.device == "cuda" else "cpu"),
+        "sizes": dataclasses.asdict(sizes),
         "date": datetime.now().isoformat(timespec="seconds"),
-        "rows": rows,
+        "load_average_before": os.getloadavg(),
+        "rows": [],
     }
-    path = OUT / f"gpu_check-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\n{report['device']} ×{report['gpus']}, torch {report['torch']}, CUDA {report['cuda']}")
-    print(format_table(rows))
+    path = args.out / f"gpu_check-{stamp}.json"
+    start = time.perf_counter()
+    for check in CHECKS:
+        new = run_check(check, c)
+        print(format_table(new), flush=True)
+        report["rows"] += new
+        report["total_s"] = time.perf_counter() - start
+        write_json_atomic(path, json.loads(json.dumps(report, default=str)))  # after every check: nothing is lost
+    print(f"\n{report['device']}, torch {report['torch']}, CUDA {report['cuda']}, {report['total_s']:.0f} s")
+    print(format_table(report["rows"]))
     print(f"wrote {path}")
-    if any(row["ok"] is False for row in rows):
+    if any(row["ok"] is False for row in report["rows"]):
         raise SystemExit(1)
 
 

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import regularization  # noqa: E402, F401  (registers the config schemas)
 from regularization.engine import train  # noqa: E402
+from regularization.machine import cpu_model  # noqa: E402
 from regularization.vectorized import train_group  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402  (the tests' job composition: the script measures their claim)
 
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--lambd", type=float, nargs="+", default=[10.0], help="one group holds every λ × seed")
     parser.add_argument("--only", nargs="*", default=None, help="penalties to run (names as printed)")
     args = parser.parse_args()
-    print(f"weight-decay problem, {args.epochs} epochs, seeds 0..{args.seeds - 1}, lambdas {args.lambd}")
+    machine = f"{cpu_model()}, torch {torch.__version__}"  # where a member parts depends on the CPU model's kernels
+    print(f"weight-decay problem, {args.epochs} epochs, seeds 0..{args.seeds - 1}, lambdas {args.lambd}; {machine}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, reg in {"none": ["reg=none"], **PENALTIES}.items():
             if args.only is None or name in args.only:

@@ -50,6 +50,20 @@ BAD_INPUTS = [
     (["seed=one"], "seed"),
     (["device=tpu"], "device"),
     (["device=cuda:7"], "device"),
+    (["data.val_size=-1"], "data.val_size"),
+    (["data.val_size=ten"], "data.val_size"),
+    (["data.split_seed=1"], "split_seed"),  # the synthetic data are drawn from the seed: no split to seed
+    (["trainer.early_stopping.patience=3"], "data.val_size"),  # early stopping without a validation set
+    (["data.val_size=10", "trainer.early_stopping.patience=-1"], "trainer.early_stopping.patience"),
+    (["data.val_size=10", "trainer.early_stopping.metric=val_f1"], "trainer.early_stopping.metric"),
+    (["data.val_size=10", "trainer.early_stopping.metric=val_acc"], "trainer.early_stopping.metric"),  # regression
+    (["trainer.early_stopping.patiance=3"], "patiance"),
+    (["optim.schedule=linear"], "optim.schedule"),
+    (["optim.warmup_epochs=-1"], "optim.warmup_epochs"),
+    (["optim.warmup_epochs=100"], "optim.warmup_epochs"),  # as long as trainer.epochs: the schedule never begins
+    (["optim.step_size=0"], "optim.step_size"),
+    (["optim.gamma=0"], "optim.gamma"),
+    (["optimize_metric=val_loss"], "data.val_size"),
     *CUDA_MISSING,
 ]
 
@@ -80,6 +94,8 @@ def test_missing_data_offline_is_rejected(make_cfg, tmp_path):
         ["reg=none"],
         ["model=mlp", "reg=dropout_builtin", "reg.penalty=l2", "reg.lambd=1e-4"],  # dropout + weight penalty
         ["optim=adam"],
+        ["optim=adam", "optim.schedule=cosine", "optim.warmup_epochs=5"],
+        ["data.val_size=50", "trainer.early_stopping.patience=5", "optimize_metric=test_loss_at_best_val"],
     ],
 )
 def test_good_configs_pass_preflight(make_cfg, overrides):
@@ -94,6 +110,7 @@ def test_good_configs_pass_preflight(make_cfg, overrides):
         (["reg.lambdd=1"], "lambdd"),
         (["reg=dropout_scratch"], "model=mlp"),
         (["-m", "reg.lambd=3,-1"], "reg.lambd"),  # a bad job anywhere in a sweep stops it before any job trains
+        (["-m", "trainer.early_stopping.patience=5", "hydra/launcher=vectorized"], "data.val_size"),
     ],
 )
 def test_cli_error_is_short_without_traceback(tmp_path, args, key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -101,6 +102,28 @@ def test_every_readme_command_composes(monkeypatch, capsys):
     assert not failed, f"these README jobs do not compose: {failed}\n{capsys.readouterr().err[-3000:]}"
 
 
+DATE = re.compile(r"(?<![/_\w-])20\d\d-\d\d-\d\d(?![_\w])")  # a measurement's date, not a run dir's name
+CPU_MODEL = re.compile(r"Intel|AMD|NVIDIA|H100|H200")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_dated_measurement_names_its_cpu_model(doc):
+    """fp32 results differ between CPU models (oneDNN/MKL pick other kernels), so a paragraph that dates a
+    measurement names the CPU (or GPU) model it ran on, not only x86_64."""
+    paragraphs = re.split(r"\n\s*\n", doc.read_text())
+    unnamed = [p[:120] for p in paragraphs if DATE.search(p) and not CPU_MODEL.search(p)]
+    assert not unnamed, f"{doc.name}: measurements without a CPU model: {unnamed}"
+
+
+def test_cpu_model_is_the_model_name_from_cpuinfo(tmp_path):
+    from regularization.machine import cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\n")
+    assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor"
+    assert cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())  # no /proc: the platform's words
+
+
 FAKE_BENCH = {
     "device": "cpu",
     "machine": "test machine",
@@ -147,6 +170,10 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
     assert set(written) == sections
     assert all(len(after[f]) == len(before[f]) for f in before)
     assert "reg.lambd=3" in written["make-run"] and "completed" in written["make-run"]
+    from regularization.machine import cpu_model
+
+    assert all(cpu_model() in body for name, body in written.items() if name != "speed")  # the speed table: the bench's machine
+    assert "load average" not in written["fidelity-dropout"] and "wall" not in written["fidelity-dropout"]  # no times
     assert "after 3 epochs" in written["fidelity-weight-decay"] and "| 3 | weight_decay |" in written["fidelity-weight-decay"]
     assert "| dropout_builtin |" in written["fidelity-dropout"] and "| dropout_recipe |" in written["dropout-recipe"]
     assert "3.21 s / 1.60 s = 2.01×" in written["speed"] and "1.5 s / 2 s = 0.75" in written["speed"]
@@ -167,6 +194,7 @@ NOT_RUN = {
     "runs it (--fast, into a copy)",
     "scripts/bench.py": "a benchmark of minutes, even with --quick (`make bench`); tests/test_bench.py checks its FLOP counts",
     "scripts/slurm_local.sh": "starts or stops this machine's SLURM cluster: .ci/run does both around the suite",
+    "python scripts/gpu_check.py --device cpu": "tests/test_gpu_check.py runs it, shrunk with --size tiny",
     # by the whole command
     "python train.py -m hydra/launcher=vectorized_slurm hydra.launcher.max_members=64 hydra.launcher.array_parallelism=N "
     "+experiment=dropout 'reg.dropout1=range(0,0.9,0.036)' 'reg.dropout2=range(0,0.9,0.036)' 'seed=range(16)'": "10,000 jobs, "
@@ -198,7 +226,7 @@ def needs(cmd: dc.DocCommand) -> list[str]:
         found.append("slurm")
     if "hydra.launcher.partition=gpu" in cmd.args:
         found.append("gpu partition")
-    if cmd.script == "scripts/gpu_check.py":
+    if cmd.script == "scripts/gpu_check.py" and "--device" not in cmd.args:
         found.append("cuda")
     return found
 

@@ -197,6 +197,23 @@ def test_a_task_that_stops_the_sweep_stops_the_other_gpus(monkeypatch):
     assert "never" not in ran  # its later task never starts (its first may not have either)
 
 
+def test_a_sticky_error_on_one_gpu_wins_over_the_interrupt_it_causes_on_another(monkeypatch):
+    """Issue 21, item 7: the sticky error on cuda:1 sets ``stop``, cuda:0's group ends as interrupted (exit 130,
+    as train_group does); the sweep must report the sticky error, not "interrupted ... to resume"."""
+    fake_gpus(monkeypatch, 2)
+    stop = threading.Event()
+
+    def interrupted() -> None:
+        stop.wait(30)
+        raise SystemExit(130)
+
+    def sticky() -> None:
+        raise sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"), "a group")
+
+    with pytest.raises(StickyCudaError, match="illegal memory access"):
+        run_per_device([(torch.device("cuda:0"), interrupted), (torch.device("cuda:1"), sticky)], stop)
+
+
 def task(cfg) -> None:
     """train.py's task, for an in-process multirun (the vectorized launcher does not call it)."""
 
@@ -330,3 +347,95 @@ def counting(method: Callable, calls: dict, name: str) -> Callable:
         return method(self, *args, **kwargs)
 
     return counted
+
+
+# ---- issue 21, item 10 ------------------------------------------------------------------------------------
+
+
+def test_a_failed_cublas_kernel_is_sticky():
+    from regularization.gpu import is_sticky_cuda_error
+
+    err = RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, opa, opb, m, n, k, ...)`")
+    assert is_sticky_cuda_error(err)
+
+
+def evaluate() -> None:
+    """Stands for engine.evaluate / vectorized.evaluate: the frame's name is what failure_message reads."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_in_evaluation_does_not_suggest_a_smaller_batch_size():
+    from regularization.gpu import failure_message
+
+    try:
+        evaluate()
+    except torch.OutOfMemoryError as err:
+        single = failure_message(err, "a smaller data.batch_size")
+        group = failure_message(err, "a smaller hydra.launcher.max_members or data.batch_size")
+    assert "during evaluation" in single and "batch_size" not in single.split("\n", 1)[1].replace("data.batch_size batches", "")
+    assert group.endswith("or try a smaller hydra.launcher.max_members.")
+    try:
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+    except torch.OutOfMemoryError as err:
+        assert failure_message(err, "a smaller data.batch_size").endswith("try a smaller data.batch_size.")  # training
+
+
+def test_bf16_is_checked_on_the_jobs_gpu_without_emulation(monkeypatch):
+    """cuda:0 is an A100, cuda:1 a V100 (bf16 only emulated); the current device is cuda:0."""
+    from regularization.step import check_precision
+
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(d):
+        saved, current[0] = current[0], torch.device(d).index
+        yield
+        current[0] = saved
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: current[0] == 0 or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: ["A100", "V100"][torch.device(d).index])
+    check_precision("bf16-mixed", torch.device("cuda:0"))
+    with pytest.raises(ConfigError, match="trainer.precision: V100 has no native bf16"):
+        check_precision("bf16-mixed", torch.device("cuda:1"))
+
+
+def test_checkpoint_cadence_scales_with_the_time_a_checkpoint_takes_to_write():
+    """A 256-member group's checkpoint (276 MB; 830 MB with Adam) took its write and fsync after nearly every epoch:
+    here each epoch takes 1 s and each write 2 s, and checkpoint_min_interval_s is the default 1 s."""
+    from regularization.checkpoint import CheckpointCadence
+    from tests.test_reliability import FakeClock
+
+    clock = FakeClock()
+    cadence = CheckpointCadence(every=1, min_interval_s=1.0, epochs=200, clock=clock)
+    written = []
+    for epoch in range(1, 201):
+        clock.now += 1.0
+        if cadence.due(epoch):
+            written.append(epoch)
+            clock.now += 2.0
+            cadence.saved()
+    assert 2.0 * len(written) <= 0.06 * clock.now and written[-1] == 200  # at most ~5% of the run, and the last epoch
+    asked = CheckpointCadence(every=1, min_interval_s=0.0, epochs=3, clock=clock)
+    assert [e for e in (1, 2, 3) if asked.due(e) and (asked.saved() or True)] == [1, 2, 3]  # 0: every epoch, as asked
+
+
+def test_a_group_ending_on_one_gpu_leaves_the_other_gpus_caches_alone(monkeypatch):
+    """torch.cuda.empty_cache() empties every GPU's cache: a group's end must not free the blocks of a group still
+    training on another GPU. The caches are emptied once, when every GPU's groups have ended."""
+    from regularization.gpu import release_cached_memory
+
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    emptied: list[str] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(threading.current_thread().name))
+    both_running = threading.Barrier(2, timeout=30)
+
+    def group(device: torch.device) -> Callable[[], None]:
+        return lambda: (both_running.wait(), release_cached_memory(device))  # as train_group ends
+
+    gpu0, gpu1 = torch.device("cuda:0"), torch.device("cuda:1")
+    run_per_device([(gpu0, group(gpu0)), (gpu1, group(gpu1))], threading.Event())
+    assert emptied == [threading.current_thread().name]
+    release_cached_memory(gpu0)  # one GPU, or one job after another: emptied at the job's end, as before
+    assert len(emptied) == 2

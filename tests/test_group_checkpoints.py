@@ -90,3 +90,39 @@ def test_a_group_resumed_to_more_epochs_equals_one_trained_that_long(make_cfg) -
     for resumed, alone in zip(dirs, straight_dirs, strict=True):
         assert final_metrics(resumed) == final_metrics(alone)
         assert final_metrics(resumed)["epochs"] == 6
+
+
+def test_ctrl_c_then_rerun_continues_each_members_schedule_and_early_stopping_exactly(make_cfg, monkeypatch) -> None:
+    """A group with a cosine schedule after a warmup and early stopping, interrupted in epoch 7 (some members have
+    stopped by then, some not), then rerun: bitwise the uninterrupted group, members stopped where they were."""
+    import regularization.vectorized as vectorized
+
+    base = ["trainer.epochs=30", "data.val_size=50", "model.init_std=0.01", "trainer.early_stopping.patience=3"]
+    base += ["optim.schedule=cosine", "optim.warmup_epochs=2", "trainer.checkpoint_min_interval_s=0"]
+    members = [[*base, f"optim.lr={lr}"] for lr in (0.01, 0.02, 0.003)]
+
+    def group() -> tuple[list, list[Path]]:
+        cfgs = [make_cfg(*m) for m in members]
+        return cfgs, [Path(c.hydra.runtime.output_dir) for c in cfgs]
+
+    straight, straight_dirs = group()
+    train_group(straight, straight_dirs, CPU)
+    stops = [final_metrics(d)["stopped_epoch"] for d in straight_dirs]
+    assert any(s is not None and s < 7 for s in stops) and any(s is None or s > 7 for s in stops), stops
+    cfgs, dirs = group()
+    train_epoch, calls = vectorized.train_epoch, []
+
+    def interrupted_in_epoch_7(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return train_epoch(*args)
+
+    monkeypatch.setattr(vectorized, "train_epoch", interrupted_in_epoch_7)
+    with pytest.raises(SystemExit):
+        train_group(cfgs, dirs, CPU, [c.hydra for c in cfgs])  # the hydra nodes: for the resume command it prints
+    assert torch.load(dirs[0] / GROUP_CHECKPOINT, weights_only=True)["epoch"] == 6
+    monkeypatch.setattr(vectorized, "train_epoch", train_epoch)
+    train_group(cfgs, dirs, CPU)
+    for resumed, alone in zip(dirs, straight_dirs, strict=True):
+        assert final_metrics(resumed) == final_metrics(alone)

@@ -52,9 +52,24 @@ def test_auto_device_follows_the_hydra_job_number_only_for_jobs_side_by_side(
         OmegaConf.set_readonly(job.hydra, False)  # HydraConfig.set_config froze it
         job.hydra.job.num = num
         HydraConfig.instance().set_config(job)
+        monkeypatch.setattr(parallel, "_process_gpu", {})  # each job the first of its process
         assert job_device("auto") == (expected if spread else "cuda:0")
     assert job_device("cpu") == "cpu"  # an explicit device is never moved
     assert job_device("cuda:0") == "cuda:0"
+
+
+def test_a_reused_joblib_worker_keeps_the_gpu_of_its_first_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """loky reuses joblib's workers: by job number alone, the worker that ran job 1 (cuda:1) would run job 2 on
+    cuda:0, beside job 0's worker, while cuda:1 idles (issue 21, item 10)."""
+    cfg = compose_config(["hydra/launcher=joblib"], tmp_path / "job")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(parallel, "_process_gpu", {})  # a fresh worker
+    for num in (1, 2, 4):
+        job = copy.deepcopy(cfg)
+        OmegaConf.set_readonly(job.hydra, False)
+        job.hydra.job.num = num
+        HydraConfig.instance().set_config(job)
+        assert job_device("auto") == "cuda:1"
 
 
 @pytest.mark.parametrize(("n_jobs", "n_cpus", "concurrent"), [(4, 16, 4), (-1, 16, 16), (-2, 16, 15), (-32, 16, 1), (None, 8, 1)])

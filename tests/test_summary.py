@@ -69,7 +69,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_rows_per_job_in_numeric_order_with_status(lambda_sweep):
-    rows, _ = summarize_sweep(lambda_sweep)
+    rows = summarize_sweep(lambda_sweep).rows
     assert [r["job"] for r in rows] == [
         "reg.lambd=0.001,seed=0",
         "reg.lambd=0.001,seed=1",
@@ -90,7 +90,8 @@ def test_rows_per_job_in_numeric_order_with_status(lambda_sweep):
 
 
 def test_mean_and_std_per_setting_over_completed_seeds(lambda_sweep):
-    rows, stats = summarize_sweep(lambda_sweep)
+    report = summarize_sweep(lambda_sweep)
+    stats = report.stats
     by_setting = {s["setting"]: s for s in stats}
     assert set(by_setting) == {"reg.lambd=0.001", "reg.lambd=0.1", "reg.lambd=10", "reg.lambd=30", "reg.lambd=100"}
     s = by_setting["reg.lambd=10"]
@@ -103,13 +104,13 @@ def test_mean_and_std_per_setting_over_completed_seeds(lambda_sweep):
     assert "Mean ± std over seeds" in md and "| reg.lambd=10 | 2/2 |" in md and "10.5 ± 0.71" in md
     with open(lambda_sweep / "summary_by_setting.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
-    assert "Mean ± std over seeds" in console_report(rows, stats)
+    assert "Mean ± std over seeds" in console_report(report)
 
 
 def test_no_mean_std_table_with_one_seed_per_setting(tmp_path):
     for lambd in ("0", "3"):
         make_job(tmp_path, [f"reg.lambd={lambd}"])
-    _, stats = summarize_sweep(tmp_path)
+    stats = summarize_sweep(tmp_path).stats
     assert stats is None
     assert "Mean ± std" not in (tmp_path / "summary.md").read_text()
     assert not (tmp_path / "summary_by_setting.csv").exists()
@@ -128,7 +129,7 @@ def test_failed_and_diverged_jobs_are_left_out_of_the_plots(lambda_sweep):
     fig = Figure()
     ax = fig.add_subplot()
     draw_curves(ax, Sweep([s for s in sweep.settings if s.finals], sweep.swept))
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lambd=0.001", "lambd=0.1", "lambd=10"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["reg.lambd=0.001", "reg.lambd=0.1", "reg.lambd=10"]
     assert ax.get_legend().get_title().get_text() == "mean of 2 seeds, band: min–max"
     assert len(ax.lines) == 6  # a test (solid) and a train (dashed) curve per setting
     assert {line.get_linestyle() for line in ax.lines} == {"-", "--"}
@@ -183,10 +184,10 @@ def test_a_job_without_metrics_json_is_read_back_from_its_event_files(tmp_path):
     for epoch in (1, 2):
         logger.log_eval(epoch, {"train_loss": 4.0 / epoch, "test_loss": 8.0 / epoch, "weight_l2_norm": 1.5})
     logger.close()
-    rows, _ = summarize_sweep(tmp_path)
+    rows = summarize_sweep(tmp_path).rows
     row = rows[1]
     assert (row["status"], row["epochs"], row["test_loss"], row["weight_l2_norm"]) == ("failed", 2, 4.0, 1.5)
-    assert [s.label for s in sweep_plot_data(collect_jobs(tmp_path)).settings if s.finals] == ["lambd=0"]
+    assert [s.label for s in sweep_plot_data(collect_jobs(tmp_path)).settings if s.finals] == ["reg.lambd=0"]
 
 
 def run_summarize_script(monkeypatch, *args: str) -> int:
@@ -223,7 +224,7 @@ def test_summarize_script_compares_several_sweeps_in_one_table_and_figure(tmp_pa
     fig = Figure()
     ax = fig.add_subplot()
     draw_final_vs_key(ax, sweep_plot_data([j for d in ("l1_sweep", "l2_sweep") for j in collect_jobs(tmp_path / d, sweep=d)]), "reg.lambd")
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["test", "train", "sweep=l1_sweep", "sweep=l2_sweep"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["test_loss", "train_loss", "sweep=l1_sweep", "sweep=l2_sweep"]
     assert_png(out / "summary.png")
     assert (tmp_path / "l1_sweep" / "summary.csv").exists()  # each sweep summarized on its own too
 
@@ -244,7 +245,7 @@ def test_methods_side_by_side_against_the_numeric_key(tmp_path):
     ax = fig.add_axes((0.1, 0.1, 0.5, 0.8))
     draw_final_vs_key(ax, sweep, "reg.lambd")
     legend = ax.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == ["test", "train", "reg=l1", "reg=l2"]
+    assert [t.get_text() for t in legend.get_texts()] == ["test_loss", "train_loss", "reg=l1", "reg=l2"]
     lines = [line for line in ax.lines if line.get_linestyle() in ("-", "--")]  # not the error bars' caps
     assert len(lines) == 4 and len({line.get_color() for line in lines}) == 2  # test and train per method, a colour each
     canvas.draw()
@@ -334,3 +335,18 @@ def test_a_key_one_job_overrides_is_read_from_every_jobs_config(tmp_path):
     jobs = collect_jobs(tmp_path)
     assert [j.keys["model.init_std"] for j in jobs] == [1.0, 1.0]
     assert sweep_plot_data(jobs).swept == ["reg.lambd"]
+
+
+def test_console_tables_leave_out_columns_that_mean_nothing(tmp_path):
+    """A stacked member's wall_s is its share of its group's time, and a run without a penalty has no sparsity."""
+    config = {"model": {"name": "mlp"}, "reg": {"name": "dropout_scratch", "penalty": "none"}, "seed": 0}
+    for rate in ("0.2", "0.5"):
+        for seed in (0, 1):
+            job = make_job(tmp_path, [f"reg.dropout1={rate}", f"seed={seed}"], config=config)
+            metrics = json.loads((job / "metrics.json").read_text())
+            (job / "metrics.json").write_text(json.dumps(metrics | {"sparsity": 0.0, "group_wall_s": 2.0, "group_size": 4}))
+    report = summarize_sweep(tmp_path)
+    job_header, mean_header = (line.split() for line in console_report(report).splitlines() if line.startswith(("job ", "setting ")))
+    assert "group_wall_s" in job_header and "wall_s" not in job_header and "wall_s" not in mean_header
+    assert "sparsity" not in job_header and "sparsity" not in mean_header
+    assert "test_loss" in job_header and "test_loss" in mean_header

@@ -83,10 +83,12 @@ def test_weight_decay_fidelity(tmp_path, impl):
 
 @pytest.mark.parametrize("reg", ["dropout_scratch", "dropout_builtin"])
 def test_dropout_fidelity_on_fashion_mnist(tmp_path, reg):
-    """The chapter's MLP with dropout 0.2/0.5 after 10 epochs: test accuracy about 0.85."""
+    """The chapter's MLP with dropout 0.2/0.5 after 10 epochs: test accuracy about 0.85. One seed's accuracy moves by
+    the seed-to-seed spread (sd ≈ 0.008 over seeds 0–2, Intel Xeon) from one CPU model to another (seed 0, nn.Dropout: 0.8421 on an
+    Intel Xeon, 0.8503 on an AMD EPYC), so the bound is 0.85 less about 2.5 sd."""
     root = real_data_root()
     run_train(["+experiment=dropout", f"reg={reg}", f"data.root={root}"], tmp_path, timeout=900)
     (job,) = (tmp_path / "outputs" / "runs").iterdir()
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 10
-    assert m["test_acc"] >= 0.84 and m["train_loss"] < 0.4
+    assert m["test_acc"] >= 0.83 and m["train_loss"] < 0.4

@@ -46,6 +46,13 @@ def assert_same_run(got: dict, want: dict, rel: float = 1e-4) -> None:
                 assert g[key] == pytest.approx(value, rel=rel, abs=1e-7), key
 
 
+def assert_same_mean(got: list[float], alone: list[float]) -> None:
+    """The means of two sets of seeds within three standard errors of their difference, each set's from its
+    seed-to-seed spread: stacked runs and single runs agree in distribution, whichever CPU gives the last bits."""
+    stderr = math.sqrt(statistics.variance(got) / len(got) + statistics.variance(alone) / len(alone))
+    assert abs(statistics.fmean(got) - statistics.fmean(alone)) <= 3 * stderr, (got, alone)
+
+
 @pytest.mark.parametrize(
     "reg",
     [["reg=none"], ["reg=l2"], ["reg=l2", "reg.impl=weight_decay"], ["reg=l1"], ["reg=l1", "reg.impl=proximal"]],
@@ -306,17 +313,68 @@ def test_smooth_penalties_match_single_runs_over_100_epochs_at_a_large_lambda(ma
         assert_same_run(got, single(make_cfg, m))
 
 
-def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs(make_cfg):
+def test_l1_subgradient_at_a_large_lambda_agrees_in_distribution_over_100_epochs(make_cfg, monkeypatch):
     """L1 by its subgradient at λ = 10: the sign of every weight near 0 flips from step to step, so a difference in the
     last bit (the stacked matmuls sum in another order) can grow, and a member may part from its single run late in
-    training (scripts/stacked_agreement.py measured parting from epoch 62, final test losses up to 3.3e-4 apart).
-    What holds: each member stays close, and the mean over seeds agrees."""
-    members = [LONG_WD + ["reg=l1", f"reg.lambd={lambd}", f"seed={seed}"] for lambd in (1, 10) for seed in range(4)]
-    got = stacked(make_cfg, members)
+    training. Where it parts depends on the group and on the CPU model (its fp32 kernels): on an Intel Xeon no member
+    of this group parted by more than 3.3e-4, on an AMD EPYC one parted by 5%. What holds on any CPU is agreement in
+    distribution: over 12 seeds, the stacked members' mean final test loss and ‖w‖ are each within three standard
+    errors (from the seed-to-seed spread) of the single runs' means. The test loss hardly moves with λ here; ‖w‖
+    does (a stacked λ off by 20% fails). Two members at λ = 1 make the group a λ sweep's."""
+    from regularization import plots
+
+    monkeypatch.setattr(plots, "save_run_curves", lambda *args: None)  # a single run's curves.png: half its time here
+    seeds = range(12)
+    members = [LONG_WD + ["reg=l1", "reg.lambd=10", f"seed={seed}"] for seed in seeds]
+    got = stacked(make_cfg, members + [LONG_WD + ["reg=l1", "reg.lambd=1", f"seed={seed}"] for seed in (0, 1)])
     alone = [single(make_cfg, m) for m in members]
-    assert all(g["status"] == a["status"] == "completed" for g, a in zip(got, alone, strict=True))
-    for g, a in zip(got, alone, strict=True):
-        assert g["test_loss"] == pytest.approx(a["test_loss"], rel=0.05)
-        assert g["history"][9]["test_loss"] == pytest.approx(a["history"][9]["test_loss"], rel=1e-4)  # the first 10 epochs
-    large = [(g["test_loss"], a["test_loss"]) for g, a in zip(got[4:], alone[4:], strict=True)]
-    assert statistics.fmean(s for s, _ in large) == pytest.approx(statistics.fmean(a for _, a in large), rel=0.01)
+    assert all(r["status"] == "completed" for r in got + alone)
+    for key in ("test_loss", "weight_l2_norm"):
+        assert_same_mean([g[key] for g in got[: len(seeds)]], [a[key] for a in alone])
+
+
+SCHEDULES = {
+    "step+warmup": ["optim.schedule=step", "optim.step_size=3", "optim.gamma=0.5", "optim.warmup_epochs=2"],
+    "cosine": ["optim.schedule=cosine"],
+    "adam+cosine+warmup": ["optim=adam", "optim.lr=0.01", "optim.schedule=cosine", "optim.warmup_epochs=3"],
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_scheduled_members_equal_single_runs(make_cfg, schedule):
+    """The schedule's factor on every member's own lr (members differ in lr, λ and seed): within 1e-4 of single runs."""
+    members = [SHORT_WD + schedule + extra for extra in ([], ["optim.lr=0.001", "reg.lambd=0.5"], ["seed=3"])]
+    for g, m in zip(stacked(make_cfg, members), members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+
+
+# The regression from a small init at a larger lr overfits within a few epochs (tests/test_validation.py): with a
+# validation split and early stopping, members stop at different epochs, or not at all.
+EARLY_STOPPING = ["trainer.epochs=40", "data.val_size=50", "model.init_std=0.01", "optim.lr=0.01", "trainer.early_stopping.patience=3"]
+
+
+def test_early_stopped_members_equal_single_runs(make_cfg):
+    """Each member stops on its own validation loss, keeps its best epoch, and equals its single run; the others train on."""
+    base = [*EARLY_STOPPING, "optim.schedule=step", "optim.step_size=5", "optim.gamma=0.7"]
+    members = [base, base + ["optim.lr=0.02"], base + ["seed=3"], base + ["reg.lambd=1"]]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+    stops = [g["stopped_epoch"] for g in got]
+    assert None in stops and len({s for s in stops if s is not None}) >= 2, stops  # independently, or not at all
+    for g in got:
+        assert g["status"] == "completed" and g["test_loss"] == g["history"][g["best_epoch"] - 1]["test_loss"]
+
+
+def test_validation_split_members_equal_single_runs_on_classification(make_cfg, tiny_fashion_root):
+    """The validation split of a shared Fashion-MNIST (val_loss, val_acc), a warmup, and early stopping: at lr 1 the
+    validation loss rises at epoch 3 and the member stops there; at lr 0.5 it trains on."""
+    base = ["model=mlp", "model.hidden1=32", "model.hidden2=16", "data=fashion_mnist", f"data.root={tiny_fashion_root}"]
+    base += ["data.batch_size=32", "data.val_size=50", "trainer.epochs=5", "optim.warmup_epochs=2"]
+    base += ["trainer.early_stopping.patience=1"]
+    members = [base + ["optim.lr=1"], base + ["optim.lr=0.5", "seed=4"]]
+    got = stacked(make_cfg, members)
+    for g, m in zip(got, members, strict=True):
+        assert_same_run(g, single(make_cfg, m))
+    assert [g["stopped_epoch"] for g in got] == [3, None]
+    assert got[0]["val_acc"] is not None and got[0]["test_acc_at_best_val"] is not None

@@ -152,11 +152,13 @@ class VectorizedLauncher(Launcher):
 
         from regularization.config import resolve_device
         from regularization.engine import set_deterministic
-        from regularization.parallel import group_devices, run_per_device
+        from regularization.parallel import check_compile_threads, group_devices, run_per_device
+        from regularization.step import set_matmul_precision
         from regularization.vectorized import stop_requested, train_group
 
         groups = self.plan(pending)
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
+        check_compile_threads(devices, [g[0].task_cfg.trainer.compile for g in groups])
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
         for k, (group, device) in enumerate(zip(groups, devices, strict=True)):
             log.info("group %d on %s:", k, device)
@@ -172,10 +174,14 @@ class VectorizedLauncher(Launcher):
 
             return train
 
+        def modes(group: list[Job]) -> tuple[bool, str]:  # process-wide settings: groups that differ never train at once
+            return group[0].task_cfg.trainer.deterministic, group[0].task_cfg.trainer.matmul_precision
+
         stop_requested.clear()
-        for deterministic in sorted({g[0].task_cfg.trainer.deterministic for g in groups}):
-            set_deterministic(deterministic)
-            phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if g[0].task_cfg.trainer.deterministic == deterministic]
+        for mode in sorted({modes(g) for g in groups}):
+            set_deterministic(mode[0])
+            set_matmul_precision(mode[1])
+            phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if modes(g) == mode]
             try:
                 run_per_device(phase, stop_requested)
             except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it

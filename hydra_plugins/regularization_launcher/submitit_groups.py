@@ -29,7 +29,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import filter_overrides
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
 
@@ -40,6 +41,29 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     BaseQueueConf = LocalQueueConf = SlurmQueueConf = SubmititSlurmLauncher = None
 
 log = logging.getLogger(__name__)
+
+
+LOCAL_LAUNCHERS = ("hydra_submitit_launcher.submitit_launcher.LocalLauncher", "submitit_groups.VectorizedLocalLauncher")
+
+
+class LocalGpus(Callback):
+    """submitit's local executor gives each job ``gpus_per_node`` GPUs, and with none set, none: it sets
+    ``CUDA_VISIBLE_DEVICES=""``, and ``device=auto`` would train on the CPU without a word. Before the launcher is
+    made, an unset ``gpus_per_node`` of ``submitit_local`` or ``vectorized_local`` becomes the number of GPUs this
+    process sees (each job then takes cuda:(k mod N)); a value set, 0 included, stays. A Hydra callback
+    (conf/config.yaml), since hydra-submitit-launcher's own launcher reads the config as it is."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.launcher
+        if not str(launcher.get("_target_", "")).endswith(LOCAL_LAUNCHERS) or launcher.get("gpus_per_node") is not None:
+            return
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+        with read_write(launcher), open_dict(launcher):
+            launcher.gpus_per_node = n_gpus
+        if n_gpus:
+            log.info("each local job sees this machine's %d GPU(s) (hydra.launcher.gpus_per_node=%d)", n_gpus, n_gpus)
 
 
 @dataclass
@@ -284,6 +308,7 @@ if SlurmQueueConf is not None:
     class VectorizedLocalConf(LocalQueueConf):
         _target_: str = "hydra_plugins.regularization_launcher.submitit_groups.VectorizedLocalLauncher"
         max_members: int = 64  # the most jobs trained as one stacked model (one local process per group)
+        # gpus_per_node: null (LocalQueueConf's) means every GPU this machine shows (LocalGpus, a callback)
 
     ConfigStore.instance().store(group="hydra/launcher", name="vectorized_slurm", node=VectorizedSlurmConf, provider="regularization")
     ConfigStore.instance().store(group="hydra/launcher", name="vectorized_local", node=VectorizedLocalConf, provider="regularization")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 # Keys that name a job whenever they are set, swept or not: they change every number the run gives.
-ALWAYS_NAMED = ("trainer.precision", "trainer.compile")
+ALWAYS_NAMED = ("trainer.precision", "trainer.compile", "trainer.matmul_precision")
 
 
 @dataclass
