@@ -210,9 +210,9 @@ KNOWN_FAILURES: dict[str, str] = {}  # e.g. "python train.py -m ...": "issue 19 
 # Placeholders a user replaces, and what the test puts there (sweep dirs: see sweep_producers).
 FILLS = {"hydra.launcher.array_parallelism=N": "hydra.launcher.array_parallelism=2"}
 UNFILLABLE = re.compile(r"<[^<>]*>|\.\.\.|…|\[-")
-# The shrinking overrides: one epoch, 500 Fashion-MNIST images of each split, 2 trials of a search.
-SHRINK_EPOCHS = ["trainer.epochs=1"]
-SHRINK_FASHION = ["data.n_train=500", "data.n_test=500"]
+# The shrinking overrides: one epoch (past a warmup), 500 Fashion-MNIST images of each split (beside a validation
+# set), 2 trials of a search.
+FASHION_IMAGES = 500
 SEARCH_TRIALS = 2
 SHRINK_CLUSTER_BENCH = ["--repeats", "1"]
 RUN_DIR_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+")
@@ -355,7 +355,11 @@ def plan(cmd: dc.DocCommand) -> Plan:
     if "--cfg" in cmd.args:
         return Plan(cmd, [], config, None)
     search = "n_trials" in config.hydra.sweeper
-    shrink = SHRINK_EPOCHS + (SHRINK_FASHION if config.data.name == "fashion_mnist" else [])
+    # fewer epochs than a warmup, or fewer images than the validation set holds out, would not run at all
+    shrink = [f"trainer.epochs={1 + OmegaConf.select(config, 'optim.warmup_epochs', default=0)}"]
+    if config.data.name == "fashion_mnist":
+        val_size = OmegaConf.select(config, "data.val_size", default=0) or 0
+        shrink += [f"data.n_train={FASHION_IMAGES + val_size}", f"data.n_test={FASHION_IMAGES}"]
     shrink += [f"hydra.sweeper.n_trials={SEARCH_TRIALS}"] if search else []
     jobs = (SEARCH_TRIALS * config.optimize_seeds if search else grid) if cmd.is_sweep else None
     return Plan(cmd, shrink, config, jobs)
@@ -538,7 +542,7 @@ def check_job(job: Path, single: bool, stacked: bool = False) -> list[str]:
 def check_summarize(p: Plan, out: dc.Outcome) -> list[str]:
     """Each sweep's tables and plots rewritten in its dir; with several, one table of all their jobs in --out."""
     args = out.argv[2:]
-    sweeps = [out.cwd / a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--out")]
+    sweeps = [out.cwd / a for i, a in enumerate(args) if (out.cwd / a).is_dir() and (i == 0 or args[i - 1] != "--out")]
     problems = [f"{s} has no fresh {f}" for s in sweeps for f in ("summary.csv", "summary.md", "summary.png") if not fresh(s / f, out)]
     if len(sweeps) > 1:
         target = out.cwd / out.argv[out.argv.index("--out") + 1] if "--out" in out.argv else out.cwd / "outputs" / "comparison"
