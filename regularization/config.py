@@ -129,7 +129,7 @@ class FashionMNISTConfig(DataConfig):
     batch_size: int = 256
     root: str = "data"
     download: bool = False
-    # null: the whole split (60,000 and 10,000 images); k: its first k images, for a quick try of a command
+    # null: the whole split (60,000 and 10,000 images); k: its first k images (after data.val_size is held out)
     n_train: int | None = None
     n_test: int | None = None
     split_seed: int = 0  # which train examples become the validation set: the same for every job, whatever its seed

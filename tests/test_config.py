@@ -44,6 +44,7 @@ BAD_INPUTS = [
     (["trainer.epoch=3"], "epoch"),
     (["data.batch_size=0"], "data.batch_size"),
     (["data.n_train=0"], "data.n_train"),
+    (["data=fashion_mnist", "data.n_test=0"], "data.n_test"),
     (["data.noise=-1"], "data.noise"),
     (["data=imagenet"], "data"),
     (["seed=one"], "seed"),
