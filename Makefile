@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python train.py -m reg.lambd=0,3
 	@echo
-	@echo "Open the curves with:  $(BIN)/tensorboard --logdir outputs/multirun"
+	@echo "Open the curves with:  $(BIN)/tensorboard --logdir outputs"
 
 # Copy the Fashion-MNIST raw files into data/ (from ../shared or Debian's dataset-fashion-mnist); never downloads.
 data:

@@ -1,14 +1,25 @@
 """Train one job, or a sweep with -m: python train.py -m reg.lambd=0,3"""
 
-import math
 import sys
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
 
-import regularization
-from regularization.config import ConfigError, check_command_line
+def interrupted() -> None:
+    """Ctrl-C outside training (which ends a run itself, with a result): one line and SIGINT's exit status, no traceback."""
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+try:  # importing torch takes seconds: Ctrl-C then too
+    import math
+    from pathlib import Path
+
+    import hydra
+    from omegaconf import DictConfig
+
+    import regularization
+    from regularization.config import ConfigError, check_command_line
+except KeyboardInterrupt:
+    interrupted()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -21,7 +32,10 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     try:
-        check_command_line(sys.argv[1:], Path(__file__).parent / "conf")
-    except ConfigError as err:
-        sys.exit(str(err))  # the message alone, exit status 1, as Hydra reports a bad config
-    main()
+        try:
+            check_command_line(sys.argv[1:], Path(__file__).parent / "conf")
+        except ConfigError as err:
+            sys.exit(str(err))  # the message alone, exit status 1, as Hydra reports a bad config
+        main()
+    except KeyboardInterrupt:
+        interrupted()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import signal
 import threading
@@ -206,6 +207,31 @@ def sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def stop_after_epoch(stop: threading.Event) -> Iterator[threading.Event]:
+    """While the block runs, the first Ctrl-C sets ``stop`` and the training loop ends after the epoch in progress,
+    checkpointing it (so that the result, the checkpoint and the events end at the same epoch); a second Ctrl-C
+    raises KeyboardInterrupt at once. Only the main thread receives signals; elsewhere, and where SIGINT is
+    ignored, the handler is left as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield stop
+        return
+
+    def first_then_raise(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # os.write: a signal handler must not take the logging module's locks
+        os.write(2, b"\nCtrl-C: stopping after this epoch, with a checkpoint (Ctrl-C again to stop at once)\n")
+
+    signal.signal(signal.SIGINT, first_then_raise)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def load_checkpoint(path: Path, cfg: DictConfig) -> dict[str, Any]:

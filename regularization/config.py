@@ -129,6 +129,9 @@ class FashionMNISTConfig(DataConfig):
     batch_size: int = 256
     root: str = "data"
     download: bool = False
+    # null: the whole split (60,000 and 10,000 images); k: its first k images (after data.val_size is held out)
+    n_train: int | None = None
+    n_test: int | None = None
     split_seed: int = 0  # which train examples become the validation set: the same for every job, whatever its seed
 
 
@@ -224,8 +227,10 @@ SCHEMAS = (
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore, and the ``${pid:}`` resolver used in output dir names."""
+    """Store the schemas in Hydra's ConfigStore, and the resolvers used in output dir names: ``${pid:}``, and
+    ``${job_name:${hydra.job.override_dirname}}``, a single run's name (its overrides, or ``job`` without any)."""
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+    OmegaConf.register_new_resolver("job_name", lambda override_dirname: override_dirname or "job", replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     # Under schema/<group>, not <group>: the YAML files extend them (/schema/reg/base@_here_), and Hydra's lists of
@@ -335,15 +340,50 @@ def check_command_line(args: list[str], conf_dir: Path) -> None:
     dirs += [Path(p.removeprefix("file://")) for o in overrides if o.key_or_group == "hydra.searchpath" for p in o.value()]
     for override in overrides:
         key = override.key_or_group
-        if override.is_hydra_override() or override.is_delete() or "/" in key or "@" in key:
+        if override.is_delete() or "@" in key:
+            continue
+        names = [n for n in _chosen(override) if isinstance(n, str)]
+        typed = f"{'++' if override.is_force_add() else '+' if override.is_add() else ''}{key}"
+        if key.startswith("hydra/"):  # a group of Hydra's: its plugins' options (launchers, sweepers) and conf/hydra's
+            _check_choices(key, typed, names, dirs)
+            continue
+        if override.is_hydra_override() or "/" in key:
             continue
         if any((d / key).is_dir() for d in dirs):  # a group (in conf/ or a user's config dir): check its chosen files
-            names = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-            for path in (d / key / f"{name}.yaml" for d in dirs for name in names if isinstance(name, str)):
+            _check_choices(key, typed, names, dirs)
+            for path in (d / key / f"{name}.yaml" for d in dirs for name in names):
                 if path.is_file():
                     _check_preset(path, key, known)
         elif not (override.is_add() or override.is_force_add()) and key not in known:
             raise ConfigError(f"Invalid config: {key}: no such key in any schema; {_suggest(key, known)}")
+
+
+def _chosen(override: Any) -> list[Any]:
+    """The values an override gives: one, or a choice sweep's (a glob or a range names no preset to check)."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    value = override.value()
+    return list(override.sweep_string_iterator()) if isinstance(value, ChoiceSweep) else [] if override.is_sweep_override() else [value]
+
+
+def _check_choices(group: str, typed: str, names: list[str], dirs: list[Path]) -> None:
+    """ConfigError, with the closest option, for a name that is none of the group's options (``+experiment=dropuot``):
+    Hydra's own message lists its search path and no option."""
+    from hydra.core.plugins import Plugins
+
+    if not names:
+        return
+    Plugins.instance()  # Hydra's plugin scan, which stores the plugins' options (hydra/launcher=joblib, ...)
+    try:
+        options = {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)}
+    except OSError:  # no such group in the store
+        options = set()
+    options |= {p.stem for d in dirs for p in (d / group).glob("*.yaml")}
+    for name in names:
+        if options and name not in options:
+            close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+            hint = f"did you mean {typed}={close[0]}?" if close else f"the options are: {', '.join(sorted(options))}"
+            raise ConfigError(f"Invalid config: {typed}={name}: no such option of {group}; {hint}")
 
 
 def _check_preset(path: Path, group: str, known: list[str]) -> None:
@@ -408,6 +448,10 @@ def validate(cfg: DictConfig, keys: bool = True) -> None:
         for key in ("n_train", "n_test", "num_inputs"):
             _require(cfg.data[key] >= 1, f"data.{key}", f"must be >= 1, got {cfg.data[key]}")
         _require(cfg.data.noise >= 0, "data.noise", f"must be >= 0, got {cfg.data.noise}")
+    else:
+        for key in ("n_train", "n_test"):
+            n = cfg.data[key]
+            _require(n is None or n >= 1, f"data.{key}", f"must be >= 1, or null for the whole split; got {n}")
     _require(cfg.sparsity_threshold > 0, "sparsity_threshold", f"must be > 0, got {cfg.sparsity_threshold}")
     _validate_schedule(cfg)
     _validate_validation(cfg)

@@ -98,9 +98,12 @@ def ensure_fashion_mnist(root: str | Path, download: bool) -> None:
         )
 
 
-def fashion_mnist(root: str | Path, val_size: int = 0, split_seed: int = 0) -> Dataset:
-    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels; with val_size, that
-    many train images held out for validation (``validation_split``)."""
+def fashion_mnist(
+    root: str | Path, n_train: int | None = None, n_test: int | None = None, val_size: int = 0, split_seed: int = 0
+) -> Dataset:
+    """Fashion-MNIST as flat float pixels in [0, 1] (what ToTensor gives) and int64 labels; the first n_train and
+    n_test images of each split when set (None: all of it); with val_size, that many train images held out for
+    validation (``validation_split``, out of the whole train split), n_train then counting the ones left to train on."""
     from torchvision.datasets import FashionMNIST
 
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,9 +113,10 @@ def fashion_mnist(root: str | Path, val_size: int = 0, split_seed: int = 0) -> D
     (X_train, y_train), (X_test, y_test) = split(True), split(False)
     classes = len(FashionMNIST.classes)
     if not val_size:
-        return Dataset(X_train, y_train, X_test, y_test, classes)
+        return Dataset(X_train[:n_train], y_train[:n_train], X_test[:n_test], y_test[:n_test], classes)
     train, val = validation_split(len(X_train), val_size, split_seed)
-    return Dataset(X_train[train], y_train[train], X_test, y_test, classes, X_val=X_train[val], y_val=y_train[val])
+    train = train[:n_train]
+    return Dataset(X_train[train], y_train[train], X_test[:n_test], y_test[:n_test], classes, X_val=X_train[val], y_val=y_train[val])
 
 
 def validation_split(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +140,10 @@ def check_data(cfg: DictConfig) -> None:
         if cfg.data.val_size >= n:
             message = f"must be < the {n} training images (they are what it is held out of), got {cfg.data.val_size}"
             raise ConfigError(f"Invalid config: data.val_size: {message}")
+        left = n - cfg.data.val_size
+        if cfg.data.n_train is not None and cfg.data.n_train > left:
+            message = f"must be <= the {left} training images left after data.val_size={cfg.data.val_size}, got {cfg.data.n_train}"
+            raise ConfigError(f"Invalid config: data.n_train: {message}")
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
@@ -147,7 +155,7 @@ def load_data(cfg: DictConfig, device: torch.device) -> Dataset:
     if data.name == "synthetic":
         ds = synthetic_regression(data.n_train, data.n_test, data.num_inputs, data.noise, cfg.seed, val_size)
     else:
-        ds = fashion_mnist(data.root, val_size, data.get("split_seed", 0))
+        ds = fashion_mnist(data.root, data.n_train, data.n_test, val_size, data.get("split_seed", 0))
     features = PRECISIONS.get(str(OmegaConf.select(cfg, "trainer.precision", default="32")), torch.float32)
     X_train, X_test = (X.to(device, features) for X in (ds.X_train, ds.X_test))
     X_val, y_val = (ds.X_val.to(device, features), ds.y_val.to(device)) if ds.X_val is not None else (None, None)

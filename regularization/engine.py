@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shlex
+import shutil
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from regularization.checkpoint import (
     restore_generator,
     save_checkpoint,
     set_rng_states,
+    stop_after_epoch,
 )
 from regularization.config import ConfigError, impl_of, resolve_device, validate
 from regularization.data import Dataset, check_data, load_data, minibatches
@@ -230,11 +235,12 @@ def fit(
     After every epoch the TensorBoard events are flushed and, given a path, a checkpoint is saved when
     ``CheckpointCadence`` says it is due (always after the last epoch), so ``resume_from`` (a loaded
     checkpoint) continues exactly where that checkpoint stopped. Stops at the first epoch
-    whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``: the
-    partial epoch is dropped and the last checkpoint stands). The learning rate follows ``optim.schedule``, stepped
-    after every epoch. With ``trainer.early_stopping``, a job whose validation metric has not improved for
-    ``patience`` evaluations stops (status ``completed``, ``stopped_epoch``), and a completed job ends with its best
-    epoch's weights (``selection``).
+    whose training objective or evaluated loss is not finite (status ``diverged``), or at Ctrl-C (status ``interrupted``):
+    the first ends the epoch in progress and checkpoints it; a second drops the partial epoch, and the result goes back
+    to the last checkpoint. Either way the result, the checkpoint and the events end at the same epoch.
+    The learning rate follows ``optim.schedule``, stepped after every epoch. With ``trainer.early_stopping``, a job
+    whose validation metric has not improved for ``patience`` evaluations stops (status ``completed``,
+    ``stopped_epoch``), and a completed job ends with its best epoch's weights (``selection``).
     """
     penalty = make_penalty(cfg, model)
     optimizer = make_optimizer(cfg, model, penalty)
@@ -269,7 +275,14 @@ def fit(
     result: dict = {"status": "completed", "epochs": epochs}
     start, first = time.perf_counter(), done + 1
     cadence = CheckpointCadence.of(cfg.trainer)
-    with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress:
+
+    def save(epoch: int) -> None:
+        elapsed = wall_s + time.perf_counter() - start
+        state = training_state(epoch, model, optimizer, generator, history, elapsed, step, scheduler, stopper, best_model)
+        save_checkpoint(checkpoint, state, cfg, device)
+        cadence.saved()
+
+    with Progress(epochs, progress_enabled(cfg.trainer.progress), done).active() as progress, stop_after_epoch(threading.Event()) as stop:
         try:
             for epoch in range(done + 1, epochs + 1):
                 if stopper is not None and stopper.stopped:  # resumed to more epochs after it stopped: it stays stopped
@@ -277,9 +290,10 @@ def fit(
                 objective = train_epoch(model, data, optimizer, penalty, batch_size, generator, max_norm, progress.batches, step)
                 scheduler.step()
                 finite, metrics = math.isfinite(objective.item()), None
+                stopping = stop.is_set() and epoch < epochs  # read once: a Ctrl-C from here on stops after the next epoch
                 if cfg.trainer.compile and epoch == first:
                     log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
-                if finite and (epoch % every == 0 or epoch == epochs):
+                if finite and (epoch % every == 0 or epoch == epochs or stopping):  # Ctrl-C: the result at the stop
                     with step.autocast():
                         metrics = evaluate_all(model, data, penalty, objective, cfg.sparsity_threshold)
                     logger.log_eval(epoch, metrics)
@@ -297,18 +311,20 @@ def fit(
                         epoch, stopper.metric, stopper.patience, stopper.best_epoch, stopper.metric, stopper.best,
                     )  # fmt: skip
                 logger.flush()  # events up to this epoch are on disk before its checkpoint is
-                if checkpoint is not None and (cadence.due(epoch) or (stopper is not None and stopper.stopped)):
-                    elapsed = wall_s + time.perf_counter() - start
-                    state = training_state(epoch, model, optimizer, generator, history, elapsed, step, scheduler, stopper, best_model)
-                    save_checkpoint(checkpoint, state, cfg, device)
-                    cadence.saved()
+                if checkpoint is not None and (cadence.due(epoch) or stopping or (stopper is not None and stopper.stopped)):
+                    save(epoch)
                 done = epoch
                 progress.epoch_done(metrics)
-        except KeyboardInterrupt:
-            # Ctrl-C may land between a checkpoint's rename and `done = epoch`: the file on disk is the truth.
-            done = checkpoint_epoch(checkpoint) if checkpoint is not None and checkpoint.exists() else done
-            log.warning("interrupted during epoch %d; the checkpoint after epoch %d stands", done + 1, done)
-            result |= {"status": "interrupted", "epochs": done}
+                if stopping:  # Ctrl-C: this epoch's result and checkpoint stand
+                    log.warning("interrupted: stopped after epoch %d, its checkpoint saved", epoch)
+                    result |= {"status": "interrupted", "epochs": epoch}
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-epoch: back to the last checkpoint
+            saved = done if checkpoint is None else checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
+            log.warning("interrupted during epoch %d: the result and the checkpoint are those after epoch %d", done + 1, saved)
+            history = [h for h in history if h["epoch"] <= saved]
+            logger.purge_from(saved + 1)  # TensorBoard hides the epochs past the checkpoint, as a resume would
+            result |= {"status": "interrupted", "epochs": saved}
     completed = result["status"] == "completed"
     if stopper is not None and completed and best_model is not None:
         model.load_state_dict(best_model)  # the job's result is its best epoch, by validation
@@ -333,6 +349,14 @@ def preflight(cfg: DictConfig, keys: bool = True) -> torch.device:
     return device
 
 
+def check_job(cfg: DictConfig, multirun: bool) -> torch.device:
+    """``preflight``, and what only a sweep may ask for."""
+    if cfg.optimize_seeds != 1 and not multirun:
+        message = "averages a search's trials over seeds (-m hparams_search=...); a single run has one seed"
+        raise ConfigError(f"Invalid config: optimize_seeds: {message}")
+    return preflight(cfg)
+
+
 def run(cfg: DictConfig) -> float:
     """Check, train and write one Hydra job's results; returns the final ``optimize_metric`` (NaN if none).
 
@@ -341,12 +365,36 @@ def run(cfg: DictConfig) -> float:
     unless the error broke the process's CUDA context (a device-side assert, say): that stops the sweep.
     At the job's end its cached CUDA memory is given back.
     """
-    if cfg.optimize_seeds != 1 and HydraConfig.get().mode != RunMode.MULTIRUN:
-        message = "averages a search's trials over seeds (-m hparams_search=...); a single run has one seed"
-        raise ConfigError(f"Invalid config: optimize_seeds: {message}")
-    device = preflight(cfg)
-    set_job_threads()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with result_or_no_dir(out_dir):
+        device = check_job(cfg, HydraConfig.get().mode == RunMode.MULTIRUN)
+        set_job_threads()
+        return train_or_record_failure(cfg, device, out_dir)
+
+
+@contextmanager
+def result_or_no_dir(out_dir: Path) -> Iterator[None]:
+    """Ctrl-C before the run wrote its metrics.json (while its data load, say; training ends itself at Ctrl-C, with
+    a result): a dir that holds only what Hydra and the logger made for this run is removed, as a run that never
+    trained has nothing to keep; one with a checkpoint (a run resumed) gets status interrupted at its epoch."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not (out_dir / "metrics.json").exists():
+            checkpoint, log_file = out_dir / CHECKPOINT, f"{HydraConfig.get().job.name}.log"
+            made_here = [p.name in (".hydra", log_file) or p.name.startswith("events.out.tfevents.") for p in out_dir.iterdir()]
+            if not checkpoint.exists() and all(made_here):
+                shutil.rmtree(out_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):  # a single run's parent, named by its overrides, if now empty
+                    out_dir.parent.rmdir()
+            else:
+                epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
+                write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
+        raise
+
+
+def train_or_record_failure(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
+    """``train``; an exception marks the job failed (see ``run``)."""
     try:
         return train(cfg, device, out_dir)
     except ConfigError:  # a checkpoint that doesn't fit: nothing trained, nothing to record
@@ -393,6 +441,7 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
         data = load_data(cfg, device)
         model = build_model(cfg, data.num_inputs, data.num_outputs).to(device)
         result = fit(cfg, data, model, logger, checkpoint, resume_from)
+        logger.log_result(result)
         status = result["status"]
     finally:
         logger.close(status)
@@ -409,11 +458,29 @@ def train(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:
 
 
 def resume_command(hydra: DictConfig, multirun: bool) -> str:
-    """The command line that started this process, pointed at its run dir (or sweep dir): rerunning it resumes."""
+    """The command line that started this process, pointed at its run dir (or sweep dir): rerunning it resumes.
+    It starts with the interpreter as the user typed it (``.venv/bin/python``, and any options such as ``-X``)."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     where = Path(str(hydra.sweep.dir if multirun else hydra.runtime.output_dir)).absolute()
     args = [a for a in sys.argv[1:] if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
-    return shlex.join(["python", sys.argv[0], *args, f"{key}={where}"])
+    interpreter = sys.orig_argv[: len(sys.orig_argv) - len(sys.argv)] or [sys.executable]
+    return shlex.join([*interpreter, sys.argv[0], *args, f"{key}={override_value(str(where))}"])
+
+
+def override_value(text: str) -> str:
+    """text as a command-line override's value that Hydra reads back as this string: as it is where it can
+    (a run dir named ``reg.lambd=3,seed=1`` cannot: its comma would make a sweep), else quoted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from hydra_plugins.regularization_sweeper import quoted
+
+    try:
+        if OverridesParser.create().parse_overrides([f"k={text}"])[0].value() == text:
+            return text
+    except HydraException:
+        pass
+    return quoted(text)
 
 
 def completed_result(out_dir: Path, cfg: DictConfig) -> dict | None:

@@ -160,9 +160,7 @@ class EventFile:
         self.records = Records(open(log_dir / name, "wb"))  # noqa: SIM115 - closed by close()
         self.add(Event(file_version="brain.Event:2", source_metadata=SourceMetadata(writer="tensorboard.summary.writer.event_file_writer")))
         if purge_step is not None:
-            # TensorBoard hides the events at or after purge_step that earlier files of this dir hold.
-            self.add(Event(step=purge_step, file_version="brain.Event:2"))
-            self.add(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+            self.purge_from(purge_step)  # what earlier files of this dir hold at or after purge_step
         self.flush()
 
     def add(self, event: Event) -> None:
@@ -172,6 +170,11 @@ class EventFile:
     def add_scalars(self, values: dict[str, float], step: int) -> None:
         """Each tag's scalar at this step, in one event."""
         self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])))
+
+    def purge_from(self, step: int) -> None:
+        """TensorBoard hides the events at or after ``step`` written before this marker (in this file or earlier ones)."""
+        self.add(Event(step=step, file_version="brain.Event:2"))
+        self.add(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
     def flush(self) -> None:
         self.records.flush()
@@ -315,6 +318,18 @@ class RunLogger:
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def purge_from(self, epoch: int) -> None:
+        """TensorBoard hides what this run logged at or after ``epoch`` (past the checkpoint it stopped at)."""
+        self.writer.purge_from(epoch)
+        self.writer.flush()
+
+    def log_result(self, result: dict) -> None:
+        """The run's flag as a scalar at its last epoch, so the HParams tab can sort and filter by it: ``run/unstable``
+        (1: the train loss spiked, ``results.first_spike``). Only for a run that is over: an interrupted one's
+        resumed run writes it."""
+        if result["status"] in ("completed", "diverged") and result.get("unstable") is not None:
+            self.writer.add_scalars({"run/unstable": float(result["unstable"])}, result["epochs"])
 
     def log_hparams(self, hparams: dict[str, HParam]) -> None:
         """Write the session-start summary into this run's own event file, as Lightning's TensorBoardLogger does.

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from regularization.comparison import ComparisonError, check_metric, compare, parse_baseline, same_value
 from regularization.logging import TAGS, log, parse_override, write_text_atomic
 from regularization.parallel import long_lived_heap_frozen
-from regularization.results import CONVERGENCE_TOL, converged
+from regularization.results import SPIKE_FACTOR, stability
 
 if TYPE_CHECKING:
     from regularization.plots import Sweep
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 # Each job's row: its name, one column per identifying key (``Job.keys``), then these.
 METRIC_COLUMNS = [
     "status",
-    "converged",
+    "unstable",
     "epochs",
     "train_loss",
     "test_loss",
@@ -184,9 +184,9 @@ class Job:
         return self.metrics.get(key)
 
     def row(self) -> dict[str, Any]:
-        history = self.metrics.get("history") or []
-        done = converged(history, self.metrics["epochs"]) if self.completed and self.metrics.get("epochs") else None
-        return {"job": self.name} | self.keys | {key: self.metric(key) for key in METRIC_COLUMNS} | {"converged": done}
+        # A metrics.json from before the spike rule: the flag from its history.
+        unstable = self.metrics["unstable"] if "unstable" in self.metrics else stability(self.metrics.get("history") or [])["unstable"]
+        return {"job": self.name} | self.keys | {key: self.metric(key) for key in METRIC_COLUMNS} | {"unstable": unstable}
 
 
 def read_job(job_dir: Path, naming: Naming | None = None) -> Job:
@@ -248,13 +248,19 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return sorted(keys, key=lambda k: (k != "sweep", k.lstrip("+~")))
 
 
+def untied_keys(swept: list[str], jobs: list[Job]) -> list[str]:
+    """The swept keys less those tied to an earlier one ('model.hidden2=${model.hidden1}': the same value in every
+    job): a plot's axes, one per independent key; the labels name the tied keys too."""
+    return [k for i, k in enumerate(swept) if not any(all(j.keys.get(k) == j.keys.get(t) for j in jobs) for t in swept[:i])]
+
+
 def setting_stats(setting: str, jobs: list[Job], metric: str | None = None) -> dict[str, Any]:
     """Mean and sample std (n−1) of the final metrics (STATS and the chosen metric) over the setting's completed
     jobs, with the setting's keys."""
     done = [j for j in jobs if j.completed]
     keys = {k: v for k, v in jobs[0].keys.items() if k != SEED_KEY}
     stats: dict[str, Any] = {"setting": setting, **keys, "completed": len(done), "jobs": len(jobs)}
-    stats["not_converged"] = sum(row["converged"] is False for row in (j.row() for j in done))
+    stats["unstable"] = sum(row["unstable"] is True for row in (j.row() for j in done))
     for key in _stat_keys(metric):
         values = [v for j in done if is_finite(v := j.metric(key))]
         stats[f"{key}_mean"] = statistics.fmean(values) if values else None
@@ -294,16 +300,16 @@ def mean_std_table(stats: list[dict[str, Any]], markdown: bool, hidden: set[str]
     """Mean ± std per setting; the seeds column counts completed of all jobs."""
     keys = [k.removesuffix("_mean") for k in stats[0] if k.endswith("_mean")]
     cols = [k for k in keys if k not in hidden and any(s[f"{k}_mean"] is not None for s in stats)]
-    cells = [["setting", "seeds", "not converged", *cols]]
-    cells += [[s["setting"], f"{s['completed']}/{s['jobs']}", str(s["not_converged"]), *(_mean_std(s, k) for k in cols)] for s in stats]
+    cells = [["setting", "seeds", "unstable", *cols]]
+    cells += [[s["setting"], f"{s['completed']}/{s['jobs']}", str(s["unstable"]), *(_mean_std(s, k) for k in cols)] for s in stats]
     return _grid(cells, markdown)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
+    if isinstance(value, bool):  # unstable: the flag stands out
+        return "YES" if value else "no"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -337,7 +343,7 @@ def write_summary(out_dir: Path, rows: list[dict[str, Any]], stats: list[dict[st
     section of summary.md (``write_comparison``), if any."""
     write_text_atomic(Path(out_dir) / "summary.csv", _csv(rows, _columns(rows)))
     md = f"Metric of the plots and the comparison: {metric} (summary.metric, --metric).\n\n" + job_table(rows, markdown=True, metric=metric)
-    md += f"\nconverged: the train loss moved by at most {CONVERGENCE_TOL:.0%} over the last 10% of the epochs (NO: still moving).\n"
+    md += f"\nunstable: the train loss rose above {SPIKE_FACTOR:g}× its lowest earlier value (docs/outputs.md).\n"
     if stats:
         md += "\n### Mean ± std over seeds (completed jobs; std with n−1)\n\n" + mean_std_table(stats, markdown=True, hidden=_hidden(rows))
         write_text_atomic(Path(out_dir) / "summary_by_setting.csv", _csv(stats, _columns(stats)))
@@ -350,16 +356,18 @@ def sweep_plot_data(jobs: list[Job], metric: str | None = None, baseline: str | 
     from regularization.plots import Setting, Sweep, values_label  # matplotlib, imported when a sweep ends (Hydra starts faster)
 
     swept = swept_keys(jobs)
+    axes = untied_keys(swept, jobs)
     settings = []
     for group in group_by_setting(jobs).values():
         done = [j for j in group if j.completed]
-        keys = {k: group[0].keys.get(k) for k in swept}
+        label = values_label({k: group[0].keys.get(k) for k in swept}, swept)
+        keys = {k: group[0].keys.get(k) for k in axes}
         diverged = sum(j.metrics.get("status") == "diverged" for j in group)
         histories = [j.metrics.get("history") or [] for j in done]
-        settings.append(Setting(values_label(keys, swept), keys, histories, [j.metrics for j in done], diverged))
+        settings.append(Setting(label, keys, histories, [j.metrics for j in done], diverged))
     classification = any(j.metrics.get("test_acc") is not None for j in jobs if j.completed)
     penalized = any(_select(j.config, "reg.penalty") in ("l1", "l2") for j in jobs)
-    return Sweep(settings, swept, classification, penalized, metric or default_metric(jobs), baseline)
+    return Sweep(settings, axes, classification, penalized, metric or default_metric(jobs), baseline)
 
 
 def default_metric(jobs: list[Job]) -> str:
@@ -369,7 +377,7 @@ def default_metric(jobs: list[Job]) -> str:
 
 def comparison_rows(jobs: list[Job], metric: str, baseline: str) -> list[dict[str, Any]]:
     """Each setting's gain in ``metric`` over the baseline (KEY=VALUE), paired by seed (regularization.comparison)."""
-    swept = swept_keys(jobs)
+    swept = untied_keys(swept_keys(jobs), jobs)  # a tied key moves with its key: not another key to compare within
     records = [({k: j.keys.get(k) for k in [*swept, SEED_KEY]}, j.metrics.get(metric) if j.completed else None) for j in jobs]
     return compare(records, swept, baseline, SEED_KEY)
 

@@ -65,6 +65,7 @@ from regularization.gpu import (
 )
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
 from regularization.models import build_model
+from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
 from regularization.schedule import factor_of
@@ -472,19 +473,23 @@ def fit_group(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
+    ``position``: where the group stands in its sweep, for its progress lines and bar.
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
     data = load_stacked_data(cfgs, device)
     net = build_members(cfgs, data, device)
     small = device.type == "cpu" and step_flops(net, cfgs[0].data.batch_size) < SMALL_STEP_FLOPS
-    with cpu_threads(1 if small else None):
-        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed)
+    done = resume_from["epoch"] if resume_from else 0
+    enabled = progress_enabled(cfgs[0].trainer.progress)
+    with cpu_threads(1 if small else None), GroupProgress(position, cfgs[0].trainer.epochs, enabled, done) as progress:
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress)
 
 
 @dataclass
@@ -554,6 +559,7 @@ def fit_members(
     checkpoint: Path | None = None,
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
+    progress: GroupProgress | None = None,
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -588,15 +594,15 @@ def fit_members(
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
-        if stop_requested.is_set():  # Ctrl-C, or another GPU's group stopped the sweep: end as an interrupted group
-            raise KeyboardInterrupt
         batches = member_batches(n, first.data.batch_size, generators, which)
         optimizer.scale_lr(lr_factor(epoch - 1))
         objective = train_epoch(net, data, optimizer, penalty, batches, first.reg.max_norm, step)
         if first.trainer.compile and epoch == 1:
             log.info("compiled the training step in %.1f s (trainer.compile)", step.compile_s)
         diverged = active & ~torch.isfinite(objective)
-        if epoch % every == 0 or epoch == epochs:
+        stop = stop_requested.is_set() and epoch < epochs  # Ctrl-C, or another GPU's group stopped the sweep
+        detail = f"{int((active & ~diverged).sum())} of {K} members training"
+        if epoch % every == 0 or epoch == epochs or stop:  # the events end at the stop
             alive = (active & ~diverged).tolist()
             with step.autocast():
                 evaluated = evaluate_all(net, data, penalty, objective, first.sparsity_threshold)
@@ -606,7 +612,7 @@ def fit_members(
                     histories[k].append({"epoch": epoch, **metrics})
                     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                         diverged[k] = True
-            log.info("epoch %d/%d: %d of %d members training; %s", epoch, epochs, sum(alive), K, spread(histories, epoch))
+            detail = f"{sum(alive)} of {K} members training; {spread(histories, epoch)}"
             if stoppers:
                 stop_members(state, net, evaluated, [a and not d for a, d in zip(alive, diverged.tolist(), strict=True)], epoch)
         if bool(diverged.any()):  # as engine.fit: a non-finite objective or evaluated loss stops the member
@@ -615,11 +621,15 @@ def fit_members(
                 results[k] |= {"status": "diverged", "epochs": epoch}
             optimizer.freeze(diverged)
             active &= ~diverged
-        if checkpoint is not None and (cadence.due(epoch) or not bool(active.any())):  # the last epoch any member trains
+        if checkpoint is not None and (cadence.due(epoch) or stop or not bool(active.any())):  # or the last epoch any member trains
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
             save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), members, device)
             cadence.saved()
+        if progress is not None:
+            progress.epoch_done(epoch, detail)
+        if stop:  # ends as an interrupted group, its checkpoint at this epoch
+            raise KeyboardInterrupt
     for k, (result, history) in enumerate(zip(results, histories, strict=True)):
         stopper = stoppers[k] if stoppers else None
         result |= run_result(history) | selection_result(history, cfgs[k], stopper, result["status"] == "completed")
@@ -677,7 +687,11 @@ def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = 
 
 
 def train_group(
-    cfgs: list[DictConfig], out_dirs: list[Path], device: torch.device, hydra_cfgs: list[DictConfig] | None = None
+    cfgs: list[DictConfig],
+    out_dirs: list[Path],
+    device: torch.device,
+    hydra_cfgs: list[DictConfig] | None = None,
+    position: SweepPosition = SINGLE_GROUP,
 ) -> list[float]:
     """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
     member's final ``optimize_metric`` (NaN unless it completed).
@@ -687,7 +701,8 @@ def train_group(
     member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
     engine.run marks a failed job; at Ctrl-C every member is marked interrupted, the group checkpoint
-    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130.
+    (``group_checkpoint``: in the first member's dir) stands, and the process exits 130. ``position``: where the
+    group stands in its sweep, for the progress lines.
     """
     checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
@@ -711,12 +726,15 @@ def train_group(
 
     try:
         reset_peak_memory(device)
-        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
+        for logger, result in zip(loggers, results, strict=True):
+            logger.log_result(result)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
         done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
-        for d in out_dirs:
+        for d, logger in zip(out_dirs, loggers, strict=True):
+            logger.purge_from(done + 1)  # TensorBoard hides the epochs past the checkpoint (a second Ctrl-C's)
             write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
         log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))

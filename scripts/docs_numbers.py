@@ -196,7 +196,7 @@ def figures(opts: argparse.Namespace) -> str:
         shutil.copyfile(out / "summary.png", opts.root / "docs" / "figures" / f"{name}.png")
         command = f"python train.py -m +experiment=dropout {' '.join(keys)} hydra/launcher=vectorized"
         lines.append(f"- `{name}.png`: `{command}` ({epochs} epochs)")
-    return f"Drawn by `scripts/docs_numbers.py --only figures`, {machine()}:\n\n" + "\n".join(lines)
+    return f"Drawn by `python scripts/docs_numbers.py --only figures`, {machine()}:\n\n" + "\n".join(lines)
 
 
 # (phase, pattern of the profiled function: file suffix and name); cumulative times, so phases overlap

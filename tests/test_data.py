@@ -44,6 +44,14 @@ def test_fashion_mnist_loader_reads_idx(tmp_path, gz):
     assert torch.allclose(ds.X_train[0], torch.tensor(list(raw), dtype=torch.float32) / 255)
 
 
+def test_fashion_mnist_n_train_and_n_test_keep_the_first_images_of_each_split(tmp_path):
+    """data.n_train / data.n_test: a quick try of a documented command (tests/test_docs.py) on the first k images."""
+    root = make_tiny_fashion(tmp_path, n_train=30, n_test=12)
+    full, part = fashion_mnist(root), fashion_mnist(root, n_train=7, n_test=5)
+    assert torch.equal(part.X_train, full.X_train[:7]) and torch.equal(part.y_train, full.y_train[:7])
+    assert torch.equal(part.X_test, full.X_test[:5]) and torch.equal(part.y_test, full.y_test[:5])
+
+
 def test_missing_fashion_mnist_says_where_to_put_it(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.root.*FashionMNIST/raw.*`make data`.*data\.download=true"):
         ensure_fashion_mnist(tmp_path, download=False)

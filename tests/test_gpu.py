@@ -25,6 +25,7 @@ from regularization.data import minibatches
 from regularization.engine import preflight, train
 from regularization.gpu import StickyCudaError, sticky_cuda_error, use_deterministic_workspace
 from regularization.parallel import group_devices, run_per_device
+from regularization.progress import SINGLE_GROUP, SweepPosition
 from regularization.regularizers import WeightPenalty
 from regularization.vectorized import member_batches, train_group
 from tests.conftest import CONF, ROOT, compose_config
@@ -226,10 +227,13 @@ def test_the_vectorized_launcher_spreads_groups_over_gpus_and_trains_them_at_onc
     placed: dict[float, str] = {}
     real_train_group = vectorized.train_group
 
-    def train_group_on_cpu(cfgs, dirs, device, hydra_cfgs=None):
+    positions: dict[float, SweepPosition] = {}
+
+    def train_group_on_cpu(cfgs, dirs, device, hydra_cfgs=None, position=SINGLE_GROUP):
         placed[cfgs[0].reg.lambd] = str(device)
+        positions[cfgs[0].reg.lambd] = position
         both_running.wait()
-        return real_train_group(cfgs, dirs, CPU, hydra_cfgs)
+        return real_train_group(cfgs, dirs, CPU, hydra_cfgs, position)
 
     monkeypatch.setattr(vectorized, "train_group", train_group_on_cpu)
     sweep = tmp_path / "sweep"
@@ -241,6 +245,8 @@ def test_the_vectorized_launcher_spreads_groups_over_gpus_and_trains_them_at_onc
     finally:
         GlobalHydra.instance().clear()
     assert placed == {0.0: "cuda:0", 1.0: "cuda:1", 2.0: "cuda:0", 3.0: "cuda:1"}
+    # The sweep's ETA counts the groups after this one on its GPU (2 epochs each): the other GPU's train alongside.
+    assert positions == {0.0: SweepPosition(1, 4, 2), 1.0: SweepPosition(2, 4, 2), 2.0: SweepPosition(3, 4, 0), 3.0: SweepPosition(4, 4, 0)}
     assert sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")) == ["completed"] * 4
 
 

@@ -5,11 +5,13 @@ import os
 import pickle
 import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import read_write
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT, checkpoint_epoch
@@ -82,11 +84,12 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     assert m["status"] == "interrupted"
     ckpt = torch.load(job / CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == m["epochs"] > 0
+    assert f"stopped after epoch {m['epochs']}, its checkpoint saved" in proc.output()
     logged = steps(job)
     assert logged and logged[-1] <= m["epochs"]  # flushed: the evaluations made are in the event file
     # It ends with the command that resumes it: the same one, pointed at its run dir.
     command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
-    assert command == ["python", str(ROOT / "train.py"), *WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"]
+    assert command == [sys.executable, str(ROOT / "train.py"), *WEIGHT_DECAY_ADAM, "trainer.epochs=100000", f"hydra.run.dir={job}"]
     resumed = run_train([*command[2:], f"trainer.epochs={m['epochs'] + 50}"], tmp_path)  # a shorter budget, to finish
     assert "resuming from" in resumed.stdout and json.loads((job / "metrics.json").read_text())["status"] == "completed"
 
@@ -105,10 +108,10 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
     for lambd in (0, 3):
         job = sweep / f"reg.lambd={lambd}"
         assert json.loads((job / "metrics.json").read_text()) == {"status": "interrupted", "epochs": done}
-        assert steps(job)  # the evaluations made before Ctrl-C were flushed
+        assert steps(job)[-1] == done  # the events end at the checkpoint's epoch too
     assert f"the group's checkpoint after epoch {done} stands" in proc.output()
     command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
-    assert command == ["python", str(ROOT / "train.py"), *args[:-1], f"hydra.sweep.dir={sweep}"]
+    assert command == [sys.executable, str(ROOT / "train.py"), *args[:-1], f"hydra.sweep.dir={sweep}"]
 
 
 @pytest.mark.slow
@@ -266,3 +269,91 @@ def test_tiny_epochs_write_one_checkpoint_at_the_end(make_cfg, monkeypatch):
     train(cfg, preflight(cfg), out)
     assert writes == [100]
     assert torch.load(out / CHECKPOINT, weights_only=True)["epoch"] == 100
+
+
+def fit_hit_by_ctrl_c(cfg, job: Path, at_epoch: int, presses: int, monkeypatch) -> dict:
+    """engine.fit as engine.train runs it, with ``presses`` Ctrl-Cs in the middle of epoch ``at_epoch``."""
+    from regularization import engine
+    from regularization.data import load_data
+    from regularization.logging import RunLogger
+    from regularization.models import build_model
+
+    device = preflight(cfg)
+    data = load_data(cfg, device)
+    model = build_model(cfg, data.num_inputs, data.num_outputs)
+    train_epoch, epoch = engine.train_epoch, iter(range(1, 10**6))
+
+    def epoch_hit_by_ctrl_c(*args, **kwargs):
+        objective = train_epoch(*args, **kwargs)
+        if next(epoch) == at_epoch:  # Ctrl-C, and the epoch goes on (one more pass) unless it raised
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+            return train_epoch(*args, **kwargs)
+        return objective
+
+    monkeypatch.setattr(engine, "train_epoch", epoch_hit_by_ctrl_c)
+    logger = RunLogger(job, cfg.trainer.epochs)
+    try:
+        return engine.fit(cfg, data, model, logger, job / CHECKPOINT)
+    finally:
+        logger.close("interrupted")
+
+
+def test_ctrl_c_ends_the_epoch_in_progress_and_checkpoints_it(make_cfg, tmp_path, monkeypatch):
+    """Long after the last checkpoint (checkpoint_min_interval_s), one Ctrl-C: the result, the checkpoint and the
+    event file all end at the epoch it landed in."""
+    cfg = make_cfg("trainer.epochs=1000", "trainer.checkpoint_min_interval_s=1e6", "trainer.eval_every=10")
+    job = Path(cfg.hydra.runtime.output_dir)
+    result = fit_hit_by_ctrl_c(cfg, job, at_epoch=57, presses=1, monkeypatch=monkeypatch)
+    assert result["status"] == "interrupted"
+    assert result["epochs"] == checkpoint_epoch(job / CHECKPOINT) == result["history"][-1]["epoch"] == 57  # evaluated there
+    assert result["test_loss"] == result["history"][-1]["test_loss"]
+    assert steps(job)[-1] == 57
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_result_is_the_checkpoints(make_cfg, tmp_path, monkeypatch):
+    """Ctrl-C twice mid-epoch: the partial epoch is dropped, and the result and the events go back to the last
+    checkpoint (epoch 20), not to the last epoch logged (49)."""
+    cfg = make_cfg("trainer.epochs=1000", "trainer.checkpoint_every=20", "trainer.checkpoint_min_interval_s=0")
+    job = Path(cfg.hydra.runtime.output_dir)
+    result = fit_hit_by_ctrl_c(cfg, job, at_epoch=50, presses=2, monkeypatch=monkeypatch)
+    assert result["status"] == "interrupted"
+    assert result["epochs"] == checkpoint_epoch(job / CHECKPOINT) == result["history"][-1]["epoch"] == 40
+    assert result["test_loss"] == result["history"][-1]["test_loss"]
+    assert steps(job)[-1] == 40  # TensorBoard hides the epochs past the checkpoint
+
+
+def test_the_resume_hint_repeats_the_interpreter_as_typed(make_cfg, monkeypatch):
+    """`.venv/bin/python -X dev train.py reg.lambd=3` is resumed by the same interpreter, options included."""
+    from regularization.engine import resume_command
+    from regularization.logging import parse_override
+
+    cfg = make_cfg()
+    monkeypatch.setattr(sys, "orig_argv", [".venv/bin/python", "-X", "dev", "train.py", "reg.lambd=3"])
+    monkeypatch.setattr(sys, "argv", ["train.py", "reg.lambd=3"])
+    command = shlex.split(resume_command(cfg.hydra, multirun=False))
+    assert command == [".venv/bin/python", "-X", "dev", "train.py", "reg.lambd=3", f"hydra.run.dir={cfg.hydra.runtime.output_dir}"]
+    # A run dir named by two overrides: quoted, or Hydra would read its comma as a sweep.
+    run_dir = Path(cfg.hydra.runtime.output_dir) / "reg.lambd=3,seed=1" / "2026-12-05_07-32-45_1"
+    with read_write(cfg.hydra):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    command = shlex.split(resume_command(cfg.hydra, multirun=False))
+    assert parse_override(command[-1]).value() == str(run_dir)
+
+
+@pytest.mark.slow
+# Not before ~1 s: a Ctrl-C inside the interpreter's own start-up (site, encodings), before train.py runs, is
+# Python's to report (exit 1), and a busy machine can stretch that start-up to a few tenths of a second.
+@pytest.mark.parametrize("after_s", [1.0, 2.0, 3.0, 4.5])
+def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_without_a_result(tmp_path, tiny_fashion_root, after_s):
+    """Ctrl-C while Python imports torch, Hydra composes, the data load or training begins: exit 130, no traceback,
+    and every run dir left holds a metrics.json (a run that never trained leaves none)."""
+    proc = Run(["+experiment=dropout", f"data.root={tiny_fashion_root}", "trainer.epochs=100000"], tmp_path)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    output = proc.output()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", output
+    assert all(any(d.iterdir()) for d in (tmp_path / "outputs").glob("runs/*")), "an empty dir named by the run's overrides"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import regularization.engine as engine
 from regularization import progress
 from regularization.config import ConfigError, resolve_device
 from regularization.logging import run_hparams
-from regularization.progress import progress_enabled
+from regularization.progress import SweepPosition, progress_enabled
 from regularization.vectorized import train_group
 from tests.conftest import compose_config
 
@@ -145,6 +146,18 @@ def test_batch_bar_only_for_slow_epochs(monkeypatch):
     assert list(bars.batches(batches(0.1), 3)) == [0, 1, 2]
     assert "batches:" in terminal.getvalue()
     assert list(progress.Progress(epochs=1, enabled=False).batches(range(3), 3)) == [0, 1, 2]
+
+
+def test_group_progress_estimates_from_its_own_pace(monkeypatch, caplog):
+    clock = iter([100.0, 130.0, 160.0])  # the bar starts at 100 s; epochs 4 and 5 (resumed after 3) take 30 s each
+    monkeypatch.setattr(progress, "clock", lambda: next(clock))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with caplog.at_level(logging.INFO, logger="regularization"), progress.GroupProgress(SweepPosition(2, 3, 10), 10, True, done=3) as bar:
+        assert bar.estimate(4) == (30.0, 6 * 30.0, (6 + 10) * 30.0)  # group: 6 epochs left; sweep: those and 10 later
+        bar.epoch_done(5, "4 of 4 members training")
+    assert "group 2 of 3, epoch 5/10 (30 s/epoch; ETA group 02:30, sweep ~07:30): 4 of 4 members training" in caplog.text
+    assert "group 2/3" in terminal.getvalue() and "5/10" in terminal.getvalue() and "sweep ~07:30" in terminal.getvalue()
 
 
 def test_a_sweep_job_leaves_its_curves_to_the_sweep(make_cfg):
@@ -306,7 +319,6 @@ def test_a_single_run_plot_is_titled_with_its_overrides(make_cfg, monkeypatch):
 
 def test_vectorized_members_share_the_group_time_and_log_the_groups_losses(make_cfg, caplog):
     import json
-    import logging
 
     cfgs = [make_cfg("reg.lambd=0", "trainer.epochs=3"), make_cfg("reg.lambd=3", "trainer.epochs=3")]
     dirs = [Path(cfg.hydra.runtime.output_dir) for cfg in cfgs]
@@ -315,5 +327,27 @@ def test_vectorized_members_share_the_group_time_and_log_the_groups_losses(make_
     metrics = [json.loads((d / "metrics.json").read_text()) for d in dirs]
     assert metrics[0]["group_wall_s"] == metrics[1]["group_wall_s"] == pytest.approx(2 * metrics[0]["wall_s"])
     losses = sorted(m["history"][-1]["test_loss"] for m in metrics)
-    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 3/3"))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("group 1 of 1, epoch 3/3 ("))
     assert f"test_loss {sum(losses) / 2:.4g} ({losses[0]:.4g}–{losses[1]:.4g})" in line and "train_loss" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_key_tied_to_a_swept_key_names_the_job_labels_the_plots_and_is_in_hparams(tmp_path, launcher):
+    """docs/study.md's tie: `'model.hidden2=${model.hidden1}'` in a sweep over model.hidden1. Each job is named and
+    logged with the value it got, never Hydra's escaped `$\\{model.hidden1\\}`; the plots keep one axis, hidden1."""
+    from regularization.summary import collect_jobs, sweep_plot_data
+    from tests.conftest import run_train
+
+    args = ["-m", "model=mlp", "model.hidden1=8,16", "model.hidden2=${model.hidden1}", "trainer.epochs=2", f"hydra/launcher={launcher}"]
+    proc = run_train(args, tmp_path)
+    assert "$\\{" not in proc.stdout + proc.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    for hidden in (8, 16):
+        job = sweep / f"model.hidden1={hidden},model.hidden2={hidden}"
+        assert OmegaConf.load(job / ".hydra" / "config.yaml").model.hidden2 == hidden
+        hparams, _, _ = hparams_session(job)
+        assert hparams["model.hidden1"] == hparams["model.hidden2"] == hidden
+    plotted = sweep_plot_data(collect_jobs(sweep))
+    assert plotted.swept == ["model.hidden1"]
+    assert sorted(s.label for s in plotted.settings) == ["model.hidden1=16, model.hidden2=16", "model.hidden1=8, model.hidden2=8"]

@@ -1,4 +1,5 @@
-"""A real TensorBoard server on 127.0.0.1 reads a sweep that train.py wrote: runs, scalars and the HParams plugin."""
+"""A real TensorBoard server on 127.0.0.1 reads what train.py wrote, a sweep and two single runs, as the README
+starts it (--logdir outputs): runs, scalars and the HParams plugin."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 
 from tests.conftest import run_train
 
-RUNS = {"reg.lambd=0": 0.0, "reg.lambd=3": 3.0}  # run name (the swept key) -> λ
+SWEEP = "multirun/sweep"  # under outputs/, as TensorBoard names a sweep's runs: <sweep dir>/<job>
+RUNS = {f"{SWEEP}/reg.lambd=0": 0.0, f"{SWEEP}/reg.lambd=3": 3.0}  # run name (the swept key) -> λ
+SINGLE = ("runs/reg.lambd=3/", "runs/job/")  # single runs: named by their overrides (or `job`), then their time
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
@@ -44,18 +47,25 @@ class TensorBoard:
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """outputs/ of a working dir with a sweep and two single runs, one with an override and one without."""
     cwd = tmp_path_factory.mktemp("tb")
-    sweep = cwd / "sweep"
-    run_train(["-m", "reg.lambd=0,3", "trainer.epochs=5", f"hydra.sweep.dir={sweep}"], cwd=cwd)
-    return sweep
+    run_train(["-m", "reg.lambd=0,3", "trainer.epochs=5", f"hydra.sweep.dir=outputs/{SWEEP}"], cwd=cwd)
+    run_train(["reg.lambd=3"], cwd=cwd)
+    run_train([], cwd=cwd)
+    return cwd / "outputs"
 
 
 @pytest.fixture(scope="module")
-def tensorboard(sweep_dir: Path) -> Iterator[TensorBoard]:
-    """`tensorboard --logdir SWEEP` on a free local port, up until it lists every run; always stopped."""
+def sweep_dir(outputs: Path) -> Path:
+    return outputs / SWEEP
+
+
+@pytest.fixture(scope="module")
+def tensorboard(outputs: Path) -> Iterator[TensorBoard]:
+    """`tensorboard --logdir outputs` on a free local port, up until it lists every run; always stopped."""
     port = free_port()
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(outputs), "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         board = TensorBoard(f"http://127.0.0.1:{port}")
@@ -64,7 +74,7 @@ def tensorboard(sweep_dir: Path) -> Iterator[TensorBoard]:
             if server.poll() is not None:
                 pytest.fail(f"tensorboard exited with {server.returncode}: {server.stderr.read()}")
             try:
-                if set(board.get("/data/runs")) >= set(RUNS):
+                if len(board.get("/data/runs")) >= len(RUNS) + len(SINGLE):
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass  # not listening yet
@@ -84,7 +94,11 @@ def tensorboard(sweep_dir: Path) -> Iterator[TensorBoard]:
 
 @pytest.mark.slow
 def test_runs_are_named_by_their_overrides(tensorboard):
-    assert sorted(tensorboard.get("/data/runs")) == sorted(RUNS)
+    """A sweep's jobs by the keys it varies; a single run by its overrides (`job` without), before its time."""
+    runs = tensorboard.get("/data/runs")
+    assert sorted(r for r in runs if r.startswith(SWEEP)) == sorted(RUNS)
+    single = sorted(r for r in runs if not r.startswith(SWEEP))
+    assert len(single) == 2 and [r.startswith(prefix) for r, prefix in zip(single, sorted(SINGLE), strict=True)] == [True, True]
 
 
 @pytest.mark.slow
@@ -111,10 +125,13 @@ def test_hparams_plugin_has_one_session_per_job_with_its_lambda(tensorboard, swe
     }
     groups = tensorboard.post("/data/plugin/hparams/session_groups", request)["sessionGroups"]
     sessions = {s["name"]: (g["hparams"]["reg.lambd"], s) for g in groups for s in g["sessions"]}
-    assert set(sessions) == set(RUNS)
+    assert {name for name in sessions if name.startswith(SWEEP)} == set(RUNS)
+    assert sorted(name.rpartition("/")[0] + "/" for name in sessions if not name.startswith(SWEEP)) == sorted(SINGLE)  # trial IDs
     for run, (lambd, session) in sessions.items():
+        if run not in RUNS:
+            continue
         assert lambd == RUNS[run]
         assert session["status"] == "STATUS_SUCCESS"
         loss = {m["name"]["tag"]: m for m in session["metricValues"]}["loss/test"]
-        final = json.loads((sweep_dir / run / "metrics.json").read_text())
+        final = json.loads((sweep_dir.parent.parent / run / "metrics.json").read_text())
         assert loss["trainingStep"] == 5 and loss["value"] == pytest.approx(final["test_loss"], rel=1e-6)  # the final metric

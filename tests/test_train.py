@@ -1,6 +1,7 @@
 """train.py end to end, as a subprocess: single runs, sweeps, the chapters' numbers."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def metrics(job_dir: Path) -> dict:
 
 def test_single_run_writes_events_and_metrics(tmp_path):
     proc = run_train(["trainer.epochs=4", "reg.lambd=3"], tmp_path)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / "reg.lambd=3,trainer.epochs=4").iterdir()  # named by its overrides, then its time
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 4
     assert {"train_loss", "test_loss", "train_acc", "test_acc", "weight_l2_norm", "wall_s"} <= m.keys()
@@ -51,6 +52,23 @@ def test_multirun_names_jobs_by_their_overrides(tmp_path):
     assert metrics(jobs["reg.lambd=3"])["weight_l2_norm"] < metrics(jobs["reg.lambd=0"])["weight_l2_norm"]
     assert "reg.lambd=3 " in proc.stdout.split("Sweep summary")[-1]  # the final table
     assert (sweep / "summary.csv").exists() and (sweep / "summary.md").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_run_whose_loss_spikes_is_flagged_unstable(tmp_path, launcher):
+    """At lr 0.05 the chapter's regression is past SGD's stable step size: its train loss climbs (82 -> 446 over 10
+    epochs on one machine) but stays finite, so the run completes, flagged; at the chapter's lr 0.003 it is not."""
+    args = ["-m", "+experiment=weight_decay", "trainer.epochs=10", "optim.lr=0.003,0.05", f"hydra/launcher={launcher}"]
+    proc = run_train(args, tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    steady, spiking = metrics(sweep / "optim.lr=0.003"), metrics(sweep / "optim.lr=0.05")
+    assert steady["status"] == spiking["status"] == "completed"
+    assert steady["unstable"] is False and steady["spike_epoch"] is None
+    assert spiking["unstable"] is True and 2 <= spiking["spike_epoch"] <= 10
+    assert scalars(sweep / "optim.lr=0.05")["run/unstable"] == [(10, 1.0)]  # a column of the HParams tab
+    assert scalars(sweep / "optim.lr=0.003")["run/unstable"] == [(10, 0.0)]
+    table = proc.stdout.split("Sweep summary")[-1]
+    assert re.search(r"optim.lr=0.003 +completed +no ", table) and re.search(r"optim.lr=0.05 +completed +YES ", table)
 
 
 def test_sweeps_started_together_get_distinct_dirs(tmp_path):
@@ -88,7 +106,7 @@ def test_dropout_fidelity_on_fashion_mnist(tmp_path, reg):
     Intel Xeon, 0.8503 on an AMD EPYC), so the bound is 0.85 less about 2.5 sd."""
     root = real_data_root()
     run_train(["+experiment=dropout", f"reg={reg}", f"data.root={root}"], tmp_path, timeout=900)
-    (job,) = (tmp_path / "outputs" / "runs").iterdir()
+    (job,) = (tmp_path / "outputs" / "runs" / f"+experiment=dropout,reg={reg}").iterdir()
     m = metrics(job)
     assert m["status"] == "completed" and m["epochs"] == 10
     assert m["test_acc"] >= 0.83 and m["train_loss"] < 0.4

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -182,6 +183,18 @@ def test_sweep_leaves_what_the_basic_launcher_leaves(tmp_path):
     proc = run_train(args, cwd=tmp_path)
     assert "0 jobs as 0 vectorized group(s)" in proc.stdout + proc.stderr
     assert before == {n: (vec / n / "metrics.json").stat().st_mtime_ns for n in names}
+
+
+def test_sweep_progress_lines_say_group_k_of_n_pace_and_eta(tmp_path):
+    """Logged (the output is no terminal here, so no bar): every epoch of every group, its place, s/epoch and ETAs."""
+    args = ["-m", "+experiment=weight_decay", "trainer.epochs=2", "reg=l1,l2", "hydra/launcher=vectorized"]
+    proc = run_train(args, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert "group 1 of 2 on cpu:" in output and "group 2 of 2 on cpu:" in output
+    pace = r"\(\d[\d.e+-]* s/epoch; ETA group \d\d:\d\d, sweep ~\d\d:\d\d\): 1 of 1 members training; train_loss "
+    for k in (1, 2):
+        for epoch in (1, 2):
+            assert re.search(rf"group {k} of 2, epoch {epoch}/2 {pace}", output), output
 
 
 def test_derived_configs_equal_composed_ones(tmp_path):

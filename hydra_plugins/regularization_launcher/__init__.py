@@ -173,9 +173,11 @@ class VectorizedLauncher(Launcher):
         """
         import torch
 
+        from regularization.checkpoint import stop_after_epoch
         from regularization.config import resolve_device
         from regularization.engine import set_deterministic
         from regularization.parallel import check_compile_threads, group_devices, run_per_device
+        from regularization.progress import SweepPosition
         from regularization.step import set_matmul_precision
         from regularization.vectorized import stop_requested, train_group
 
@@ -183,17 +185,24 @@ class VectorizedLauncher(Launcher):
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
         check_compile_threads(devices, [g[0].task_cfg.trainer.compile for g in groups])
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
-        for k, (group, device) in enumerate(zip(groups, devices, strict=True)):
-            log.info("group %d on %s:", k, device)
+        for k, (group, device) in enumerate(zip(groups, devices, strict=True), start=1):
+            log.info("group %d of %d on %s:", k, len(groups), device)
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
         values: dict[int, float] = {}
 
-        def task(group: list[Job], device: torch.device) -> Callable[[], None]:
+        def position(k: int) -> SweepPosition:
+            """Group k (from 0) of the sweep; the groups after it on its device train after it, at its pace (roughly)."""
+            later = [g[0].task_cfg.trainer.epochs for g, d in zip(groups[k + 1 :], devices[k + 1 :], strict=True) if d == devices[k]]
+            return SweepPosition(k + 1, len(groups), sum(later))
+
+        def task(k: int) -> Callable[[], None]:
+            group, device = groups[k], devices[k]
+
             def train() -> None:
                 cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
-                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs), strict=True))
+                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs, position(k)), strict=True))
                 gc.collect()  # the group's garbage cycles (only its objects are not frozen: a short pass), then
                 gc.freeze()  # its results, kept until the sweep ends, out of later collections as the jobs above
 
@@ -206,9 +215,10 @@ class VectorizedLauncher(Launcher):
         for mode in sorted({modes(g) for g in groups}):
             set_deterministic(mode[0])
             set_matmul_precision(mode[1])
-            phase = [(d, task(g, d)) for g, d in zip(groups, devices, strict=True) if modes(g) == mode]
+            phase = [(devices[k], task(k)) for k, g in enumerate(groups) if modes(g) == mode]
             try:
-                run_per_device(phase, stop_requested)
+                with stop_after_epoch(stop_requested):  # Ctrl-C: each group checkpoints the epoch in progress and stops
+                    run_per_device(phase, stop_requested)
             except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
                 log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
                 raise SystemExit(130) from None

@@ -73,6 +73,8 @@ class GroupSpec:
     cfgs: list[DictConfig]
     out_dirs: list[Path]
     hydra_cfgs: list[DictConfig]
+    group: int  # group k (from 1) of groups, for its progress lines
+    groups: int
 
 
 class GroupRunner:
@@ -87,13 +89,15 @@ class GroupRunner:
 
         from regularization.config import resolve_device
         from regularization.parallel import job_device
+        from regularization.progress import SweepPosition
         from regularization.vectorized import train_group
 
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         if self.threads:  # SLURM's cpus_per_task: without cgroups torch would take every core of the node
             torch.set_num_threads(self.threads)
         device = resolve_device(job_device(group.cfgs[0].device))  # the job's node decides: its GPU, or its CPU
-        return train_group(group.cfgs, group.out_dirs, device, group.hydra_cfgs)
+        # The array's jobs train side by side: no group trains after this one, for the sweep's ETA.
+        return train_group(group.cfgs, group.out_dirs, device, group.hydra_cfgs, SweepPosition(group.group, group.groups))
 
     def checkpoint(self, group: GroupSpec) -> Any:
         import submitit
@@ -193,13 +197,14 @@ class VectorizedSubmititLauncher(VectorizedLauncher):
 
         groups = self.plan(pending)
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
-        for k, group in enumerate(groups):
-            log.info("group %d:", k)
+        for k, group in enumerate(groups, start=1):
+            log.info("group %d of %d:", k, len(groups))
             for job in group:
                 log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
                 self.start_job(job)
         specs = [
-            GroupSpec([j.task_cfg for j in group], [j.out_dir for j in group], [self.resolved_hydra(j) for j in group]) for group in groups
+            GroupSpec([j.task_cfg for j in g], [j.out_dir for j in g], [self.resolved_hydra(j) for j in g], k, len(groups))
+            for k, g in enumerate(groups, start=1)
         ]
         jobs = submitted(self.executor(), GroupRunner(self.params.get("cpus_per_task")), specs, self.NAME)
         log.info("Submitted %d group job(s): %s", len(jobs), " ".join(str(j.job_id) for j in jobs))

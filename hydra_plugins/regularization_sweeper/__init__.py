@@ -1,5 +1,7 @@
 """Hydra's basic sweeper, plus this harness's pre-flight check of every job before any trains."""
 
+import copy
+import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
@@ -11,7 +13,9 @@ from typing import Any
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -49,10 +53,12 @@ def name_jobs_by_swept_keys(config: DictConfig) -> None:
     Set as a hydra override of the master config: every launcher composes its jobs with those (joblib's and
     submitit's workers too), and each job's .hydra/hydra.yaml records it for summarize.py.
     """
-    task = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    # unresolved: a tie's ${model.hidden1} would otherwise resolve against the master config
+    task = OverridesParser.create().parse_overrides(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     swept = {o.key_or_group for o in task if o.is_sweep_override()} | set(config.hydra.sweeper.get("params") or {})
     if config.get("optimize_seeds", 1) != 1:
         swept.add("seed")
+    swept |= {o.key_or_group for o in task if tied_to(o) in swept}  # model.hidden2=${model.hidden1}: varies with it
     constant = [o.key_or_group for o in task if o.key_or_group not in swept | set(ALWAYS_NAMED) and not o.is_delete()]
     excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
     if not swept or not set(constant) - set(excluded):
@@ -61,6 +67,28 @@ def name_jobs_by_swept_keys(config: DictConfig) -> None:
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.job.config.override_dirname.exclude_keys = excluded
         config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{','.join(excluded)}]")
+
+
+def tied_to(override: Override) -> str | None:
+    """The key an override ties its key to (``model.hidden2=${model.hidden1}``: model.hidden1), else None."""
+    value = override.value() if not override.is_sweep_override() else None
+    match = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    return match[1] if match else None
+
+
+def untie(jobs: list[list[str]]) -> list[list[str]]:
+    r"""Each job's tied keys set to the value of the key they are tied to in that job: ``model.hidden2=${model.hidden1}``
+    with ``model.hidden1=64`` becomes ``model.hidden2=64``, the same config, so the job's name, its overrides.yaml,
+    its HParams row and the launcher's log line show the value (Hydra would write ``model.hidden2=$\{model.hidden1\}``)."""
+    parser = OverridesParser.create()
+    untied = []
+    for job in jobs:
+        parsed = parser.parse_overrides(list(job))
+        values = {o.key_or_group: o.get_value_element_as_str() for o in parsed if not o.is_delete()}
+        untied.append(
+            [f"{o.get_key_element()}={values[key]}" if (key := tied_to(o)) in values else line for o, line in zip(parsed, job, strict=True)]
+        )
+    return untied
 
 
 class SweepDirResolvedOnce(Callback):
@@ -144,6 +172,9 @@ class ValidatingSweeper(BasicSweeper):
         with removed_unless_trained(self.config):
             return super().sweep(arguments)
 
+    def get_job_batch(self) -> Sequence[Sequence[str]]:
+        return untie([list(job) for job in super().get_job_batch()])
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_launcher.compose import SweepComposer
 
@@ -167,3 +198,27 @@ class ValidatingSweeper(BasicSweeper):
                 preflight(self.composer.task(overrides))
             except ConfigError as err:
                 raise ConfigError(f"{err}\n  in the sweep's job: {' '.join(overrides)}") from None
+
+
+class PreflightRun(Callback):
+    """A single run's ``preflight`` before Hydra makes its run dir (the validating sweeper's check, for one job):
+    a bad value stops it with the message alone, exit status 1, and leaves no dir with an empty log behind.
+
+    Hydra turns a callback's exception into a warning and puts "Error executing job with overrides" in front of a
+    job's, so the message leaves as SystemExit's. With HYDRA_FULL_ERROR=1 the job itself raises it, with its traceback.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from regularization.config import ConfigError
+        from regularization.engine import check_job
+
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the job's keys, as run_job sets it
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            check_job(task, multirun=False)
+        except ConfigError as err:
+            raise SystemExit(str(err)) from None

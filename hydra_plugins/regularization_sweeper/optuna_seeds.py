@@ -8,9 +8,11 @@ is the Optuna sweeper itself. The search presets (hparams_search=...) select it.
 
 """
 
+import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -18,21 +20,23 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 try:
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # without the `launchers` extra there is no Optuna, and hydra/sweeper=optuna_seeds cannot compose
-    OptunaSweeper = object  # type: ignore[assignment,misc]
+    OptunaSweeper = OptunaSweeperImpl = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
+# A trial without a value (train.py returns None for a diverged or failed job) Optuna records as failed, warning
+# "Failed experiment: Return value must be float-castable. Got 'None'."; FailedTrialReport says it in our words.
+OPTUNA_NONE_WARNING = "Failed experiment: Return value must be float-castable. Got 'None'."
+
+
+def drop_optuna_none_warning(record: logging.LogRecord) -> bool:
+    return record.getMessage() != OPTUNA_NONE_WARNING
 
 
 class SeedAveragingOptunaSweeper(OptunaSweeper):
     """The Optuna sweeper with its launcher wrapped: each trial runs as ``optimize_seeds`` jobs, one per seed."""
-
-    def sweep(self, arguments: list[str]) -> None:
-        from hydra_plugins.regularization_sweeper import removed_unless_trained
-
-        with removed_unless_trained(self.sweeper.config):
-            return super().sweep(arguments)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra_plugins.regularization_sweeper import name_jobs_by_swept_keys
@@ -43,8 +47,53 @@ class SeedAveragingOptunaSweeper(OptunaSweeper):
         seeds = config.get("optimize_seeds", 1)
         if not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"Invalid config: optimize_seeds: must be an integer >= 1, got {seeds!r}")
-        if seeds > 1:
+        if seeds > 1:  # its line per trial says which seeds failed
             self.sweeper.launcher = SeedAveragingLauncher(self.sweeper.launcher, range(config.seed, config.seed + seeds))
+        else:
+            self.sweeper.launcher = FailedTrialReport(self.sweeper.launcher, config.optimize_metric)
+        logging.getLogger(OptunaSweeperImpl.__module__).addFilter(drop_optuna_none_warning)
+
+    def sweep(self, arguments: list[str]) -> None:
+        from hydra_plugins.regularization_sweeper import removed_unless_trained
+
+        try:
+            with removed_unless_trained(self.sweeper.config):
+                super().sweep(arguments)
+        except ValueError as err:  # Optuna's study.best_trial, when every trial diverged or failed
+            if str(err) != "No trials are completed yet.":
+                raise
+            log.warning("no trial completed (each diverged or failed): no best value, no optimization_results.yaml")
+
+
+class FailedTrialReport(Launcher):
+    """The launcher, plus one line in our words for each trial without a value (diverged or failed), which the
+    study records as a failed trial before it goes on."""
+
+    def __init__(self, launcher: Launcher, metric: str) -> None:
+        self.launcher, self.metric = launcher, metric
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        for ret in returns:
+            if ret.status == JobStatus.COMPLETED and ret.return_value is None:
+                hydra = ret.hydra_cfg.get("hydra", ret.hydra_cfg)  # run_job's is the hydra node, the vectorized launcher's holds it
+                name = hydra.job.override_dirname or " ".join(ret.overrides)
+                why = self.why(Path(hydra.runtime.output_dir))
+                log.warning("trial %s: %s; Optuna records a failed trial, the search goes on", name, why)
+        return returns
+
+    def why(self, job_dir: Path) -> str:
+        """What the job's metrics.json says of its end."""
+        try:
+            result = json.loads((job_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return f"no {self.metric}"
+        if result.get("status") == "diverged":
+            return f"diverged at epoch {result['epochs']} (its loss stopped being finite), no {self.metric}"
+        return f"{result.get('status')}, no {self.metric}" + (f" ({result['error']})" if result.get("error") else "")
 
 
 class SeedAveragingLauncher(Launcher):
