@@ -218,8 +218,9 @@ class Outcome:
 
 
 def dirs_under(cwd: Path, where: str) -> set[Path]:
+    """The run dirs (outputs/runs/<overrides or job>/<date>_<time>_<pid>) or sweep dirs (outputs/multirun/<date>_<time>_<pid>)."""
     base = cwd / "outputs" / where
-    return {p for p in base.iterdir() if p.is_dir()} if base.is_dir() else set()
+    return {p for p in base.glob("*/*" if where == "runs" else "*") if p.is_dir()} if base.is_dir() else set()
 
 
 def argv_of(words: list[str]) -> list[str]:

@@ -251,10 +251,13 @@ def sweep_producers(cmd: dc.DocCommand) -> list[dc.DocCommand]:
     if len(earlier) < len(names):
         raise ValueError(f"{cmd.where}: {len(names)} sweep placeholders, but only {len(earlier)} sweeps run before it on its page")
     chosen = earlier[-len(names) :]
-    for name, producer in zip(names, chosen, strict=True):
+    for i, name in enumerate(names):
         word = name.replace("sweep", "").strip()
-        if len(word) > 1 and word not in producer.text:  # `<sweep A>` is a label; `<l1 sweep>` names its sweep
-            raise ValueError(f"{cmd.where}: <{name}> would be {producer.where}'s sweep, which has no {word!r}")
+        if len(word) > 1:  # `<sweep A>` is a label; `<l1 sweep>` names its sweep: the nearest earlier one with that word
+            named = [c for c in earlier if word in c.text]
+            if not named:
+                raise ValueError(f"{cmd.where}: <{name}>: no sweep before it on its page has {word!r}")
+            chosen[i] = named[-1]
     return chosen
 
 
@@ -498,7 +501,7 @@ def check_train(p: Plan, out: dc.Outcome) -> list[str]:
         printed = yaml.safe_load(out.stdout) or {}
         problems = [] if {"model", "reg", "data", "optim", "trainer"} <= set(printed) else [f"printed no config: {out.stdout[:200]!r}"]
         return problems + ([f"wrote {out.new_runs + out.new_sweeps}"] if out.new_runs or out.new_sweeps else [])
-    if not p.cmd.is_sweep:  # a run: one dir under outputs/runs/<date>_<time>_<pid>/ (README: Outputs)
+    if not p.cmd.is_sweep:  # a run: one dir under outputs/runs/<overrides>/<date>_<time>_<pid>/ (README: Outputs)
         if len(out.new_runs) != 1 or out.new_sweeps:
             return [f"made {len(out.new_runs)} dirs in outputs/runs and {len(out.new_sweeps)} in outputs/multirun, not 1 run dir"]
         return check_job(out.new_runs[0], single=True) + check_name(out.new_runs[0])

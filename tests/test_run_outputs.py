@@ -64,6 +64,7 @@ def test_hparams_go_into_the_runs_own_event_files(make_cfg):
         "trainer.epochs": 3,
         "trainer.precision": "32",
         "trainer.compile": False,
+        "trainer.matmul_precision": "highest",
     }
     assert status == Status.Value("STATUS_SUCCESS")
     # The session's metrics are the run's scalars; their last values are the final metrics.

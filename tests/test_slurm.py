@@ -31,7 +31,7 @@ def slurm_test(test):  # noqa: ANN001, ANN201
 
 CPU_JOB = ["hydra.launcher.gpus_per_task=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 # Long enough that a job is still training a few seconds after its first checkpoint.
-LONG_WD = ["reg.lambd=3", "trainer.epochs=5000", "trainer.eval_every=50"]
+LONG_WD = ["reg.lambd=3", "trainer.epochs=15000", "trainer.eval_every=50"]
 
 
 def slurm_jobs(sweep: Path) -> list[str]:
@@ -96,7 +96,7 @@ def test_vectorized_slurm_groups_preempted_or_cancelled(tmp_path: Path) -> None:
     (SIGUSR2, as SLURM signals a job before preempting it or at its time limit: submitit calls the group's checkpoint
     and requeues it) and resumes from its group checkpoint: its members end bit for bit as in the in-process
     vectorized launcher. Group 1 is cancelled: its members are failed, the sweep still writes its summary, exits 1."""
-    args = ["-m", "reg.lambd=0,1,2,3", "trainer.epochs=4000", "trainer.eval_every=50", "hydra.launcher.max_members=2"]
+    args = ["-m", "reg.lambd=0,1,2,3", "trainer.epochs=12000", "trainer.eval_every=50", "hydra.launcher.max_members=2"]
     straight = Run([*args, "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'straight'}"], tmp_path / "in_process")
     sweep = tmp_path / "sweep"
     proc = Run([*args, "hydra/launcher=vectorized_slurm", *CPU_JOB, f"hydra.sweep.dir={sweep}"], tmp_path)
