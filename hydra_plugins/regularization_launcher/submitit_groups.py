@@ -166,8 +166,9 @@ class VectorizedSubmititLauncher(VectorizedLauncher):
         super().__init__(max_members)
         self.params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in params.items()}
 
-    def check(self, job: Job) -> None:
-        """The job's config and data; its device is checked in its own job, on the node that runs it."""
+    def check(self, job: Job, checked: set[int]) -> None:
+        """The job's config and data, each job on its own config (``checked`` unused: no device to check here); its
+        device is checked in its own job, on the node that runs it."""
         from regularization.config import validate
         from regularization.data import check_data
         from regularization.vectorized import check_vectorizable
