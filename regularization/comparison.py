@@ -17,7 +17,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
 
 CONFIDENCE = 0.95
 # metrics.json fields that are bookkeeping, not metrics of the model (epochs, times, group sizes).
@@ -39,6 +38,13 @@ class Gain:
     method: str  # "paired t", "Welch" or "one pair" (no interval)
 
 
+def scipy_stats() -> Any:
+    """scipy.stats, imported on first use: a sweep without a baseline needn't pay its 0.5 s import."""
+    from scipy import stats
+
+    return stats
+
+
 def _interval(result: Any) -> tuple[float, float]:
     ci = result.confidence_interval(CONFIDENCE)
     return float(ci.low), float(ci.high)
@@ -53,7 +59,7 @@ def gain(baseline: dict[Any, float], other: dict[Any, float]) -> Gain | None:
         mean = statistics.fmean(diffs)
         if math.isclose(max(diffs), min(diffs), rel_tol=1e-9, abs_tol=1e-12):  # no spread (to rounding): the interval is the point
             return Gain(mean, mean, mean, len(common), "paired t")
-        return Gain(mean, *_interval(stats.ttest_1samp(diffs, 0.0)), len(common), "paired t")
+        return Gain(mean, *_interval(scipy_stats().ttest_1samp(diffs, 0.0)), len(common), "paired t")
     a, b = list(other.values()), list(baseline.values())
     if not a or not b:
         return None
@@ -62,7 +68,7 @@ def gain(baseline: dict[Any, float], other: dict[Any, float]) -> Gain | None:
         return Gain(mean, math.nan, math.nan, 1, "one pair")
     if len(a) < 2 or len(b) < 2:
         return Gain(mean, math.nan, math.nan, 0, "Welch")
-    return Gain(mean, *_interval(stats.ttest_ind(a, b, equal_var=False)), 0, "Welch")
+    return Gain(mean, *_interval(scipy_stats().ttest_ind(a, b, equal_var=False)), 0, "Welch")
 
 
 def parse_baseline(text: str) -> tuple[str, str]:

@@ -19,15 +19,15 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-try:
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+try:  # the plugin class only: it imports Optuna (1.3 s) in setup, not here, where Hydra's plugin scan would pay it
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # without the `launchers` extra there is no Optuna, and hydra/sweeper=optuna_seeds cannot compose
-    OptunaSweeper = OptunaSweeperImpl = object  # type: ignore[assignment,misc]
+    OptunaSweeper = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 # A trial without a value (train.py returns None for a diverged or failed job) Optuna records as failed, warning
 # "Failed experiment: Return value must be float-castable. Got 'None'."; FailedTrialReport says it in our words.
+OPTUNA_IMPL_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
 OPTUNA_NONE_WARNING = "Failed experiment: Return value must be float-castable. Got 'None'."
 
 
@@ -51,7 +51,7 @@ class SeedAveragingOptunaSweeper(OptunaSweeper):
             self.sweeper.launcher = SeedAveragingLauncher(self.sweeper.launcher, range(config.seed, config.seed + seeds))
         else:
             self.sweeper.launcher = FailedTrialReport(self.sweeper.launcher, config.optimize_metric)
-        logging.getLogger(OptunaSweeperImpl.__module__).addFilter(drop_optuna_none_warning)
+        logging.getLogger(OPTUNA_IMPL_LOGGER).addFilter(drop_optuna_none_warning)
 
     def sweep(self, arguments: list[str]) -> None:
         from hydra_plugins.regularization_sweeper import removed_unless_trained
