@@ -208,6 +208,7 @@ class EventFile:
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        self.scalar_events: dict[tuple[str, ...], Event] = {}
         self.records = Records(open(log_dir / name, "wb"))  # noqa: SIM115 - closed by close()
         self.add(Event(file_version="brain.Event:2", source_metadata=SourceMetadata(writer="tensorboard.summary.writer.event_file_writer")))
         if purge_step is not None:
@@ -219,8 +220,16 @@ class EventFile:
         self.records.write(event.SerializeToString())
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
-        """Each tag's scalar at this step, in one event."""
-        self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])))
+        """Each tag's scalar at this step, in one event: an event kept for these tags, its step and values set (half
+        the time of building one: a 1,024-λ sweep writes 102,400 of them)."""
+        tags = tuple(values)
+        event = self.scalar_events.get(tags)
+        if event is None:
+            event = self.scalar_events[tags] = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
+        event.step = step
+        for value, v in zip(event.summary.value, values.values(), strict=True):
+            value.simple_value = v
+        self.add(event)
 
     def purge_from(self, step: int) -> None:
         """TensorBoard hides the events at or after ``step`` written before this marker (in this file or earlier ones)."""
@@ -338,6 +347,22 @@ def job_log(hydra: DictConfig | None) -> JobLog | None:
             fmt = config.get("formatters", {}).get(handler.get("formatter"), {})
             return JobLog(Path(handler.filename), logging.Formatter(fmt.get("format"), fmt.get("datefmt")))
     return None
+
+
+def job_logs(hydras: list[DictConfig | None]) -> list[JobLog | None]:
+    """``job_log`` of each job of a group: looked up in full for the first, then, for jobs whose file handler sits
+    where the first's does, only its file name (the rest is the sweep's: looking up each job's took 0.5 ms)."""
+    first = job_log(hydras[0])
+    config = hydras[0].get("job_logging") if first is not None and hydras[0] is not None else None
+    name = next((n for n, h in config.handlers.items() if h.get("class") == "logging.FileHandler"), None) if config else None
+    if name is None:
+        return [job_log(hydra) for hydra in hydras]
+    logs: list[JobLog | None] = [first]
+    for hydra in hydras[1:]:
+        handler = OmegaConf.select(hydra, f"job_logging.handlers.{name}", default=None)
+        same = handler is not None and handler.get("class") == "logging.FileHandler"
+        logs.append(JobLog(Path(handler.filename), first.formatter) if same else job_log(hydra))
+    return logs
 
 
 class RunLogger:

@@ -43,7 +43,8 @@ from regularization.checkpoint import (
     GROUP_CHECKPOINT,
     CheckpointCadence,
     checkpoint_epoch,
-    experiment_id,
+    experiment_config,
+    experiment_digest,
     generator_state,
     group_members,
     load_group_checkpoint,
@@ -62,7 +63,7 @@ from regularization.gpu import (
     reset_peak_memory,
     sticky_cuda_error,
 )
-from regularization.logging import RunLogger, job_log, json_text, log, run_hparams, saved_hydra_config, write_texts_atomic
+from regularization.logging import RunLogger, job_logs, json_text, log, run_hparams, saved_hydra_config, write_texts_atomic
 from regularization.models import build_model, parameter_count
 from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
@@ -487,12 +488,14 @@ def fit_group(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     position: SweepPosition = SINGLE_GROUP,
+    members: str | None = None,
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
-    ``position``: where the group stands in its sweep, for its progress lines and bar.
+    ``position``: where the group stands in its sweep, for its progress lines and bar. ``members``: the checkpoint's
+    ``group_members`` (None: made from cfgs).
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
@@ -502,7 +505,7 @@ def fit_group(
     done = resume_from["epoch"] if resume_from else 0
     enabled = progress_enabled(cfgs[0].trainer.progress)
     with cpu_threads(1 if small else None), GroupProgress(position, cfgs[0].trainer.epochs, enabled, done) as progress:
-        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress)
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress, members)
 
 
 @dataclass
@@ -573,6 +576,7 @@ def fit_members(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     progress: GroupProgress | None = None,
+    members: str | None = None,
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -603,7 +607,9 @@ def fit_members(
         for result in results:
             if result["status"] == "completed":
                 result["epochs"] = epochs  # a group resumed to more epochs than it was started with
-    cadence, members = CheckpointCadence.of(first.trainer), group_members(cfgs) if checkpoint is not None else ""
+    cadence = CheckpointCadence.of(first.trainer)
+    if checkpoint is not None and members is None:
+        members = group_members([experiment_config(c) for c in cfgs])
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
@@ -719,7 +725,7 @@ def train_group(
     """
     checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
-    logs = [job_log(hydra) for hydra in hydra_cfgs]
+    logs = job_logs(hydra_cfgs)
     for k, member_log in enumerate(logs):
         if member_log is not None:
             member_log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
@@ -731,6 +737,7 @@ def train_group(
     ]
     for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
         logger.log_hparams(run_hparams(cfg, hydra))
+    experiments = [experiment_config(cfg) for cfg in cfgs]  # for the checkpoints and metrics.json (1 ms a job)
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
     start, before = time.perf_counter(), resume_from["wall_s"] if resume_from else 0.0
 
@@ -739,7 +746,7 @@ def train_group(
 
     try:
         reset_peak_memory(device)
-        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position, group_members(experiments))
         for logger, result in zip(loggers, results, strict=True):
             logger.log_result(result)
         statuses = [r["status"] for r in results]
@@ -767,6 +774,6 @@ def train_group(
         release_cached_memory(device)
     wall = elapsed()
     shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(device, "group_peak_memory_bytes")
-    metrics = [r | shares | {"experiment_id": experiment_id(cfg)} for r, cfg in zip(results, cfgs, strict=True)]
+    metrics = [r | shares | {"experiment_id": experiment_digest(e)} for r, e in zip(results, experiments, strict=True)]
     write_texts_atomic([(d / "metrics.json", json_text(m) + "\n") for d, m in zip(out_dirs, metrics, strict=True)])
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]

@@ -82,7 +82,7 @@ def untie(jobs: list[list[str]]) -> list[list[str]]:
     its HParams row and the launcher's log line show the value (Hydra would write ``model.hidden2=$\{model.hidden1\}``)."""
     from regularization.logging import parse_override
 
-    if not any("${" in line for job in jobs for line in job):
+    if not any("$" in line for job in jobs for line in job):  # a tie reaches here escaped: `$\{model.hidden1\}`
         return jobs  # nothing tied (most sweeps): parsing a 1,024-job sweep's lines took a second
     untied = []
     for job in jobs:
