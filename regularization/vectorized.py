@@ -158,7 +158,7 @@ class StackedNet:
             K = len(self.weights[0])
             self.uniforms[batch] = [
                 static(torch.empty(K, batch, W.shape[2], device=W.device)) if dropping else None
-                for W, dropping in zip(self.weights, self.dropping)
+                for W, dropping in zip(self.weights, self.dropping, strict=False)  # no rates: the linear model
             ]
         for u in self.uniforms[batch]:
             if u is not None:

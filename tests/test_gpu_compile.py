@@ -16,7 +16,7 @@ from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
 from regularization.config import ConfigError, DropoutStyle
-from regularization.engine import preflight, train
+from regularization.engine import train
 from regularization.models import MLP
 from regularization.parallel import check_compile_threads
 from regularization.regularizers import Dropout, dropout_layer, standard_dropout_layer
@@ -108,7 +108,7 @@ def test_a_sweep_over_dropout_rates_compiles_its_step_once(graphs, make_cfg, tin
     results = []
     for cfg in jobs:
         out = Path(cfg.hydra.runtime.output_dir)
-        train(cfg, preflight(cfg), out)
+        train(cfg, CPU, out)  # as the basic launcher's jobs, one after another in this process
         results.append(json.loads((out / "metrics.json").read_text()))
         if len(results) == 1:
             assert len(graphs) == 2  # the full batches and the last one
