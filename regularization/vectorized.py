@@ -53,7 +53,7 @@ from regularization.checkpoint import (
     set_rng_states,
 )
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
-from regularization.data import load_data
+from regularization.data import data_shapes, load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
 from regularization.gpu import (
     failure_message,
@@ -64,7 +64,7 @@ from regularization.gpu import (
     sticky_cuda_error,
 )
 from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
-from regularization.models import build_model
+from regularization.models import build_model, parameter_count
 from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
@@ -79,6 +79,10 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which 
 # ops to intra-op threads costs more than it saves (the 64-member λ sweep: 1.2 s on one thread, 9.7 s on two,
 # on the 2-core dev machine while other processes kept both cores busy).
 SMALL_STEP_FLOPS = 2**22
+# The default group size: 64 members, or more for small models, as many as hold this many parameters in all (the
+# stacked weights take 64 MB in fp32; gradients and optimizer state 1–3× more): the weight-decay model's 201
+# parameters give 83,468 members a group, so a 1,024-λ sweep trains as one group instead of 16 one after another.
+DEFAULT_MEMBERS, GROUP_PARAMETERS = 64, 2**24
 GLOBAL_RNG = threading.Lock()  # held while a group seeds torch's global RNG and draws its members' init from it
 # Set by the launcher at Ctrl-C, or when a group on another GPU stopped the sweep: groups end at their next epoch.
 stop_requested = threading.Event()
@@ -89,12 +93,22 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(config_without(cfg, STACKABLE), sort_keys=True)
 
 
-def plan_groups(cfgs: list[DictConfig], max_members: int) -> list[list[int]]:
-    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each."""
+def default_members(cfg: DictConfig) -> int:
+    """max(DEFAULT_MEMBERS, GROUP_PARAMETERS // the parameters of one member)."""
+    return max(DEFAULT_MEMBERS, GROUP_PARAMETERS // parameter_count(cfg, *data_shapes(cfg)))
+
+
+def plan_groups(cfgs: list[DictConfig], max_members: int | None) -> list[list[int]]:
+    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each
+    (None: ``default_members`` of the group's model)."""
     by_key: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         by_key.setdefault(group_key(cfg), []).append(i)
-    return [idx[s : s + max_members] for idx in by_key.values() for s in range(0, len(idx), max_members)]
+    groups = []
+    for idx in by_key.values():
+        size = max_members or default_members(cfgs[idx[0]])
+        groups += [idx[s : s + size] for s in range(0, len(idx), size)]
+    return groups
 
 
 def per_member(values: list[float], device: torch.device) -> torch.Tensor:
