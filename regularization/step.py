@@ -151,7 +151,8 @@ class Step:
             self.restarted = True
             log.info("trainer.compile: dynamo's cache holds earlier jobs' graphs up to its recompile limit; starting it afresh")
             torch._dynamo.reset()
-            return self.fn(X, y, *inputs)
+            with contextlib.suppress(torch._dynamo.exc.FailOnRecompileLimitHit):  # not after a fresh start, but never a crash
+                return self.fn(X, y, *inputs)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         log.warning("trainer.compile: torch.compile reached its recompile limit (%s); the training step runs eagerly from here", first_line)
         self.fn, self.compiled, self.compiling_since = self.eager, False, None
