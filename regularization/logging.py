@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import itertools
 import json
@@ -109,6 +110,44 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json_text(obj) + "\n")
+
+
+def write_texts_atomic(files: list[tuple[Path, str]]) -> None:
+    """``write_text_atomic`` for many files at once: each written to a temp file in its dir, then one sync of their
+    filesystems for all of them (an fsync took ~4 ms a file here: a journal commit each, most of writing a
+    1,024-job group's results), then each renamed into place. A reader sees each old file or its new one, whole."""
+    temps: list[str] = []
+    try:
+        for path, text in files:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            temps.append(tmp)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+        sync_filesystems({Path(tmp).parent for tmp in temps})
+        for (path, _), tmp in zip(files, temps, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:  # the ones not renamed yet
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
+def sync_filesystems(dirs: set[Path]) -> None:
+    """Flush what was written to the filesystems of ``dirs``: Linux's syncfs, once per filesystem (ctypes: the os
+    module lacks it); elsewhere os.sync, every filesystem's."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    for d in {os.stat(d).st_dev: d for d in dirs}.values():
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            if syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs failed for {d}")
+        finally:
+            os.close(fd)
 
 
 def json_text(obj: Any, indent: str = "") -> str:

@@ -30,7 +30,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,7 @@ from regularization.gpu import (
     reset_peak_memory,
     sticky_cuda_error,
 )
-from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
+from regularization.logging import RunLogger, job_log, json_text, log, run_hparams, saved_hydra_config, write_texts_atomic
 from regularization.models import build_model, parameter_count
 from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
@@ -780,9 +779,9 @@ def train_group(
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
         done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
-        for d, logger in zip(out_dirs, loggers, strict=True):
+        for logger in loggers:
             logger.purge_from(done + 1)  # TensorBoard hides the epochs past the checkpoint (a second Ctrl-C's)
-            write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
+        write_texts_atomic([(d / "metrics.json", json_text({"status": "interrupted", "epochs": done}) + "\n") for d in out_dirs])
         log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))
         raise SystemExit(130) from None
@@ -790,7 +789,7 @@ def train_group(
         error = failure_message(err, "a smaller hydra.launcher.max_members or data.batch_size")
         for d in out_dirs:
             (d / "traceback.txt").write_text(traceback.format_exc())
-            write_json_atomic(d / "metrics.json", {"status": "failed", "error": error})
+        write_texts_atomic([(d / "metrics.json", json_text({"status": "failed", "error": error}) + "\n") for d in out_dirs])
         if is_sticky_cuda_error(err):
             raise sticky_cuda_error(err, f"a vectorized group of {len(cfgs)} jobs ({out_dirs[0]}, ...)") from None
         log.exception("group of %d jobs failed; traceback in each job dir", len(cfgs))
@@ -800,11 +799,7 @@ def train_group(
             logger.close(status)
         release_cached_memory(device)
     wall = elapsed()
-    # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(
-            device, "group_peak_memory_bytes"
-        )
-        ids = [{"experiment_id": experiment_id(cfg)} for cfg in cfgs]
-        list(pool.map(lambda r, d, i: write_json_atomic(d / "metrics.json", r | shares | i), results, out_dirs, ids))
+    shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(device, "group_peak_memory_bytes")
+    metrics = [r | shares | {"experiment_id": experiment_id(cfg)} for r, cfg in zip(results, cfgs, strict=True)]
+    write_texts_atomic([(d / "metrics.json", json_text(m) + "\n") for d, m in zip(out_dirs, metrics, strict=True)])
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]
