@@ -120,13 +120,22 @@ def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dropout with a rate per member: keep with probability 1 − p_k, and (inverted) scale kept units by 1/(1 − p_k).
+def member_dropout(H: torch.Tensor, p: torch.Tensor, u: torch.Tensor, inverted: bool = True) -> torch.Tensor:
+    """Dropout with a rate per member, from uniforms u (H's shape, fp32 whatever H's dtype: see
+    regularizers.inverted_dropout): keep where u ≥ p_k, and (inverted) scale kept units by 1/(1 − p_k).
 
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
-    keep = torch.rand(H.shape, generator=generator, device=H.device) >= bcast(p, H)  # fp32 uniforms: see regularizers.dropout_layer
-    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see regularizers.dropout_layer
+    keep = u >= bcast(p, H)
+    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see regularizers.inverted_dropout
+
+
+def static(t: torch.Tensor) -> torch.Tensor:
+    """t, marked as an input whose address stays the same from step to step: CUDA graphs (trainer.compile on CUDA)
+    read it in place instead of copying it into a buffer of their own every step. Not guarded: another group's
+    tensors, at other addresses, reuse the compiled graph (its CUDA graphs are recorded again)."""
+    torch._dynamo.mark_static_address(t)
+    return t
 
 
 class StackedNet:
@@ -136,39 +145,63 @@ class StackedNet:
     ``rates`` holds one [K] dropout rate for the inputs and one per hidden layer (empty for the linear model).
     Standard (non-inverted) dropout scales by (1 − p) at evaluation instead of 1/(1 − p) in training.
     The masks come from ``generator``, the group's own: groups that train at once in threads (one per GPU) must
-    not share torch's global RNG, which every ``torch.manual_seed`` resets on every device.
+    not share torch's global RNG, which every ``torch.manual_seed`` resets on every device. A training step's
+    uniforms are drawn before the step (``draw``) and handed to the forward pass.
     """
 
     def __init__(
         self, models: list[nn.Module], rates: list[torch.Tensor], inverted: bool = True, generator: torch.Generator | None = None
     ) -> None:
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
-        self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
-        self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
+        self.weights = [static(torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_()) for layer in layers]
+        self.biases = [static(torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_()) for layer in layers]
         self.rates, self.inverted, self.generator = rates, inverted, generator
         self.dropping = [bool(p.any()) for p in rates]  # read once here, not (a device sync) at every batch
+        self.uniforms: dict[int, list[torch.Tensor | None]] = {}  # per batch size: see ``draw``
 
-    def dropout(self, H: torch.Tensor, layer: int, train: bool) -> torch.Tensor:
-        """Dropout of ``layer`` (0: the inputs, i: after hidden layer i) for every member."""
+    def draw(self, batch: int) -> list[torch.Tensor | None]:
+        """A training step's uniforms, one [K, batch, in] tensor per dropout layer (None where no member drops),
+        drawn from ``generator`` in the order the forward pass applies them: the inputs, then each hidden layer.
+
+        Drawn here, before the step, rather than in it: dynamo cannot trace a draw from a torch.Generator, and each
+        would break the compiled step's graph in two; so a compiled step is one graph, with the eager step's masks.
+        Drawn in place, into buffers kept per batch size (an epoch's full batches and its last one): static
+        inputs, which CUDA graphs need not copy.
+        """
+        if batch not in self.uniforms:
+            K = len(self.weights[0])
+            self.uniforms[batch] = [
+                static(torch.empty(K, batch, W.shape[2], device=W.device)) if dropping else None
+                for W, dropping in zip(self.weights, self.dropping, strict=False)  # no rates: the linear model
+            ]
+        for u in self.uniforms[batch]:
+            if u is not None:
+                u.uniform_(generator=self.generator)  # what torch.rand(u.shape, generator=...) draws
+        return self.uniforms[batch]
+
+    def dropout(self, H: torch.Tensor, layer: int, uniforms: list[torch.Tensor | None] | None) -> torch.Tensor:
+        """Dropout of ``layer`` (0: the inputs, i: after hidden layer i) for every member: in training, with
+        ``uniforms`` (``draw``'s), else (None) evaluation's."""
         p = self.rates[layer]
         if not self.dropping[layer]:
             return H
         if H.dim() == 2:  # inputs shared by all members: each member draws its own mask
             H = H.expand(len(p), *H.shape)
-        if train:
-            return member_dropout(H, p, self.inverted, self.generator)
+        if uniforms is not None:
+            return member_dropout(H, p, uniforms[layer], self.inverted)
         return H if self.inverted else H * bcast(1 - p, H)
 
     def parameters(self) -> list[torch.Tensor]:
         return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
 
-    def __call__(self, X: torch.Tensor, train: bool) -> torch.Tensor:
-        """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
-        H = self.dropout(X, 0, train) if self.rates else X
+    def __call__(self, X: torch.Tensor, uniforms: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]. A training forward pass
+        with a step's ``uniforms`` (``draw(B)``), an evaluation one without."""
+        H = self.dropout(X, 0, uniforms) if self.rates else X
         for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             H = torch.baddbmm(b, H, W.transpose(1, 2)) if H.dim() == 3 else shared_linear(H, W, b)
             if i < len(self.weights) - 1:
-                H = self.dropout(torch.relu(H), i + 1, train)
+                H = self.dropout(torch.relu(H), i + 1, uniforms)
         return H
 
     @torch.no_grad()
@@ -361,7 +394,7 @@ def check_vectorizable(cfg: DictConfig) -> None:
 def make_step(cfg: DictConfig, net: StackedNet, data: StackedData) -> Step:
     """The stacked training step at cfg.trainer.precision (the stacked GEMMs under autocast), compiled if asked."""
     return Step(
-        lambda X, y: member_losses(net(X, train=True).float(), y, data.classification),
+        lambda X, y, uniforms: member_losses(net(X, uniforms).float(), y, data.classification),
         cfg.trainer.precision,
         cfg.trainer.compile,
         data.X_train.device,
@@ -382,7 +415,7 @@ def train_epoch(
     n = data.X_train.shape[-2]
     total = torch.zeros_like(optimizer.lr)
     for idx in batches:
-        data_loss = step.loss(data.take(data.X_train, idx), data.take(data.y_train, idx))
+        data_loss = step.loss(data.take(data.X_train, idx), data.take(data.y_train, idx), net.draw(idx.shape[-1]))
         with torch.set_grad_enabled(penalty.in_loss):  # [K] λ_k·Ω(w_k) before the step, as engine.train_epoch takes it
             term = penalty.value()
         optimizer.zero_grad()
@@ -405,7 +438,7 @@ def evaluate(net: StackedNet, data: StackedData, X: torch.Tensor, y: torch.Tenso
     correct = torch.zeros(K, device=X.device)
     for start in range(0, n, chunk):
         Xc, yc = data.rows(X, start, start + chunk), data.rows(y, start, start + chunk)
-        y_hat = net(Xc, train=False).float()  # fp32 under autocast too
+        y_hat = net(Xc).float()  # fp32 under autocast too
         loss_sum += member_losses(y_hat, yc, data.classification) * y_hat.shape[1]
         if data.classification:
             correct += (y_hat.argmax(-1) == yc).sum(-1)

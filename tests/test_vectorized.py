@@ -129,7 +129,7 @@ def test_member_dropout_keeps_one_minus_p_per_member():
     torch.manual_seed(0)
     p = torch.tensor([0.0, 0.2, 0.5, 0.9])
     H = torch.ones(4, 500, 200)
-    out = member_dropout(H, p)
+    out = member_dropout(H, p, torch.rand(H.shape))
     kept = (out != 0).float().mean(dim=(1, 2))
     assert torch.equal(out[0], H[0])  # p = 0 keeps every unit
     assert kept.tolist() == pytest.approx((1 - p).tolist(), abs=0.01)
