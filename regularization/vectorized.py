@@ -160,9 +160,8 @@ class StackedNet:
         # Marked static only for a compiled step: marking imports torch._dynamo, 0.7 s that an eager sweep needn't pay.
         self.static = static if compiled else lambda t: t
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
-        stacked = [(torch.stack([lin.weight.detach() for lin in layer]), torch.stack([lin.bias.detach()[None] for lin in layer])) for layer in layers]
-        self.weights = [self.static(W.contiguous().requires_grad_()) for W, _ in stacked]
-        self.biases = [self.static(b.contiguous().requires_grad_()) for _, b in stacked]
+        self.weights = [self.static(torch.stack([lin.weight.detach() for lin in layer]).requires_grad_()) for layer in layers]
+        self.biases = [self.static(torch.stack([lin.bias.detach()[None] for lin in layer]).requires_grad_()) for layer in layers]
         self.rates, self.inverted, self.generator = rates, inverted, generator
         self.dropping = [bool(p.any()) for p in rates]  # read once here, not (a device sync) at every batch
         self.uniforms: dict[int, list[torch.Tensor | None]] = {}  # per batch size: see ``draw``
