@@ -82,7 +82,9 @@ def test_stacked_agreement_runs_with_one_seed(tmp_path):
     import sys
 
     args = ["--epochs", "2", "--seeds", "1", "--lambd", "0", "1", "--only", "l2 penalty"]
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "stacked_agreement.py"), *args], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stacked_agreement.py"), *args], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("l2 penalty")]
     assert "final test loss stacked" in line and "±" not in line
