@@ -47,6 +47,7 @@ SLOT = (7.0, 3.8)  # inches per panel: the axes, and room on their right for the
 # above, the legend to the right. A legend wider than the right margin narrows the axes (``fit_in_slot``).
 MARGINS = {"left": 0.8, "right": 2.3, "bottom": 0.55, "top": 0.4}
 COLUMNS = 3  # panels per row of summary.png
+MAX_MARKERS = 48  # a line through more settings than this is drawn without markers
 MAX_LEGEND = 24  # a one-numeric-key sweep with more values gets a colour bar instead of a legend entry per value
 MAX_LINES = 6  # more settings than this over two or more keys: curve panels faceted by the first key
 LABEL_WIDTH = 30  # legend labels wrap at this many characters (between key=value pairs)
@@ -166,8 +167,9 @@ def _tidy_log_axes(ax: Axes) -> None:
         readable_log_ticks(ax.yaxis, *ax.get_ylim())
     if ax.get_xscale() == "log":
         readable_log_ticks(ax.xaxis, *ax.get_xlim())
-    elif ax.get_xscale() == "symlog":  # λ with 0 among its values
+    elif ax.get_xscale() == "symlog":  # λ with 0 among its values (none below it): no negative decades in the margin
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlim(left=max(ax.get_xlim()[0], -0.5 * ax.xaxis.get_transform().linthresh))
 
 
 def legend_outside(ax: Axes, handles: list, labels: list[str], title: str | None = None) -> None:
@@ -315,7 +317,8 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
     lines = _lines(sweep, x)
     at, categories = _positions([s.keys.get(x) for s in [*sweep.settings, *sweep.diverged]], x in sweep.numeric)
     colours = _colours(len(lines), ordered=False)
-    styles = list(zip(metrics.items(), ("-", "--", ":"), "os^", strict=False))
+    dense = max(map(len, lines.values())) > MAX_MARKERS  # a regularization path of thousands of λ: a line, not a blob of markers
+    styles = list(zip(metrics.items(), ("-", "--", ":"), "os^" if not dense else [None] * 3, strict=False))
     n = len(lines) * len(styles)
     for i, (settings, colour) in enumerate(zip(lines.values(), colours, strict=True)):
         settings = sorted(settings, key=lambda s: at[s.keys.get(x)])
@@ -323,7 +326,8 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
         for j, ((metric, _), style, marker) in enumerate(styles):
             mean, low, high = np.array([_final(s, metric) for s in settings]).T
             ls = style if categories is None else "none"  # categories are not a scale: no line between them
-            dodged_errorbar(ax, i * len(styles) + j, n, xs, mean, low, high, ls=ls, marker=marker, ms=4, capsize=2, lw=1.2, color=colour)
+            look = {"ls": ls, "marker": marker, "ms": 4, "capsize": 0 if dense else 2, "lw": 1.2, "color": colour}
+            dodged_errorbar(ax, i * len(styles) + j, n, xs, mean, low, high, **look)
     _x_axis(ax, x, at, categories)
     ax.set_ylabel(ylabel)
     ax.set_title(title, y=1.0)

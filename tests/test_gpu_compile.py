@@ -133,7 +133,7 @@ def stacked_dropout_net(seed: int) -> StackedNet:
     torch.manual_seed(0)
     models = [MLP(12, 3, 16, 8, 0.2, 0.5, input_dropout=0.1) for _ in range(3)]
     rates = [per_member(r, CPU) for r in ([0.1, 0.0, 0.2], [0.2, 0.3, 0.5], [0.5, 0.0, 0.1])]
-    return StackedNet(models, rates, generator=torch.Generator().manual_seed(seed))
+    return StackedNet(models, rates, generator=torch.Generator().manual_seed(seed), compiled=True)
 
 
 def stacked_steps(compile: bool) -> list[torch.Tensor]:
