@@ -1,4 +1,4 @@
-"""The GPU claims, checked in one run on the first machine with CUDA (sized for about 7 minutes on one GPU).
+"""The GPU claims, checked in one run on the first machine with CUDA (sized for 5 minutes on one GPU, estimated).
 
 1. launchers: a 2-job λ sweep, 5 epochs, under basic, joblib, submitit_local and vectorized: every job completes,
    on the device asked for (its train.log says where it trained), and agrees with the basic launcher's numbers;
@@ -65,10 +65,10 @@ SYNTHETIC_MLP = ["model=mlp", "reg=dropout_scratch", "data.n_train=2000", "data.
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each row is. ``gpu`` is sized for about 7 minutes on one GPU (estimated, not timed yet): about 24
-    train.py processes whose start-up dominates (the launcher and resume rows are small fixed runs), the dropout rows'
-    Fashion-MNIST epochs (about 70 of the MLP, a 256-member group's one epoch, 8 one-epoch jobs), and two cold
-    compiles. ``cpu`` runs the same rows on a CPU, the dropout rows on synthetic data (the compile rows' graph is the
+    """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet: no GPU has run it):
+    about 24 train.py processes whose start-up dominates (the launcher and resume rows are small fixed runs; a few
+    seconds each), the dropout rows' Fashion-MNIST epochs (about 60 of the MLP, a 256-member group's one epoch, 8
+    one-epoch jobs: well under a second each on a GPU), and two cold compiles (tens of seconds each). ``cpu`` runs the same rows on a CPU, the dropout rows on synthetic data (the compile rows' graph is the
     same at any MLP size); ``tiny`` is the test suite's: the same logic, smallest."""
 
     launchers: tuple[str, ...] = ("basic", "joblib", "submitit_local", "vectorized")
@@ -81,9 +81,9 @@ class Sizes:
     deterministic: tuple[bool, ...] = (True, False)  # the repeat pairs run: with trainer.deterministic on, off
     grid: int = 16  # the dropout sweep: grid × grid jobs as one vectorized group
     basic_sample: int = 8  # of which these run under the basic launcher
-    compile_epochs: int = 2  # the compile rows: two dropout rates, compiled and eager, under basic and vectorized
-    precision_seeds: int = 4  # the precision rows: seeds 0..n-1 at fp32 and each mixed precision
-    precision_epochs: int = 2
+    compile_epochs: int = 1  # the compile rows: two dropout rates, compiled and eager, under basic and vectorized
+    precision_seeds: int = 3  # the precision rows: seeds 0..n-1 at fp32 and each mixed precision
+    precision_epochs: int = 1
     bench_lambdas: int = 16
     bench_epoch: bool = True  # bench (a) and (d): an epoch of the chapter's MLP, timed
     timeout_s: float = 240.0  # one train.py run
