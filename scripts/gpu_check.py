@@ -68,8 +68,9 @@ class Sizes:
     """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet: no GPU has run it):
     about 24 train.py processes whose start-up dominates (the launcher and resume rows are small fixed runs; a few
     seconds each), the dropout rows' Fashion-MNIST epochs (about 60 of the MLP, a 256-member group's one epoch, 8
-    one-epoch jobs: well under a second each on a GPU), and two cold compiles (tens of seconds each). ``cpu`` runs the same rows on a CPU, the dropout rows on synthetic data (the compile rows' graph is the
-    same at any MLP size); ``tiny`` is the test suite's: the same logic, smallest."""
+    one-epoch jobs: well under a second each on a GPU), and two cold compiles (tens of seconds each). ``cpu`` runs
+    the same rows on a CPU, the dropout rows on synthetic data (the compile rows' graph is the same at any MLP size);
+    ``tiny`` is the test suite's: the same logic, smallest."""
 
     launchers: tuple[str, ...] = ("basic", "joblib", "submitit_local", "vectorized")
     launcher_epochs: int = 5
