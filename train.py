@@ -1,5 +1,6 @@
 """Train one job, or a sweep with -m: python train.py -m reg.lambd=0,3"""
 
+import signal
 import sys
 
 
@@ -9,6 +10,15 @@ def interrupted() -> None:
     sys.exit(130)
 
 
+def on_ctrl_c(signum: int, frame: object) -> None:
+    """Python's handler (raise KeyboardInterrupt), and a note of it: a KeyboardInterrupt raised while the interpreter
+    runs a finalizer or a library's catch-all is dropped, and the run would go on training as if never interrupted."""
+    ctrl_c.append(signum)
+    raise KeyboardInterrupt
+
+
+ctrl_c: list[int] = []
+signal.signal(signal.SIGINT, on_ctrl_c)
 try:  # importing torch takes seconds: Ctrl-C then too
     import math
     from pathlib import Path
@@ -19,6 +29,9 @@ try:  # importing torch takes seconds: Ctrl-C then too
     import regularization
     from regularization.config import ConfigError, check_command_line
 except KeyboardInterrupt:
+    interrupted()
+signal.signal(signal.SIGINT, signal.default_int_handler)
+if ctrl_c:  # seen, but its KeyboardInterrupt was dropped
     interrupted()
 
 
