@@ -17,7 +17,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-
 CONFIDENCE = 0.95
 # metrics.json fields that are bookkeeping, not metrics of the model (epochs, times, group sizes).
 NOT_METRICS = frozenset({"epochs", "wall_s", "group_wall_s", "group_size"})
