@@ -82,7 +82,11 @@ def experiment_config(cfg: DictConfig) -> dict[str, Any]:
 def experiment_id(cfg: DictConfig) -> str:
     """A short fingerprint of the experiment config, kept in metrics.json: a sweep rerun into the same dir skips a
     completed job only if the job there ran the same experiment (job names leave out the sweep's constant keys)."""
-    config = experiment_config(cfg)
+    return experiment_digest(experiment_config(cfg))
+
+
+def experiment_digest(config: dict[str, Any]) -> str:
+    """``experiment_id`` of an ``experiment_config``."""
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -272,10 +276,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if a != b else []
 
 
-def group_members(cfgs: list[DictConfig]) -> str:
-    """What identifies a group checkpoint: the members' experiment configs, in member order (made once per group:
-    converting a config is milliseconds, and a group of 64 checkpoints many times)."""
-    return json.dumps([experiment_config(cfg) for cfg in cfgs], sort_keys=True)
+def group_members(configs: list[dict[str, Any]]) -> str:
+    """What identifies a group checkpoint: the members' ``experiment_config``s, in member order (made once per group:
+    converting a config takes a millisecond, and a group checkpoints many times)."""
+    return json.dumps(configs, sort_keys=True)
 
 
 def save_group_checkpoint(path: Path, state: dict[str, Any], members: str, device: torch.device) -> None:

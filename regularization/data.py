@@ -62,6 +62,8 @@ def fashion_mnist_dir(root: str | Path) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
+# Fashion-MNIST's image size and classes, for data_shapes (which must not import torchvision or read the files).
+FASHION_MNIST_PIXELS, FASHION_MNIST_CLASSES = 28 * 28, 10
 FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz)"
 
 
@@ -144,6 +146,13 @@ def check_data(cfg: DictConfig) -> None:
         if cfg.data.n_train is not None and cfg.data.n_train > left:
             message = f"must be <= the {left} training images left after data.val_size={cfg.data.val_size}, got {cfg.data.n_train}"
             raise ConfigError(f"Invalid config: data.n_train: {message}")
+
+
+def data_shapes(cfg: DictConfig) -> tuple[int, int]:
+    """(inputs, outputs) of the configured data, read from the config alone."""
+    if cfg.data.name == "synthetic":
+        return cfg.data.num_inputs, 1
+    return FASHION_MNIST_PIXELS, FASHION_MNIST_CLASSES
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import itertools
 import json
@@ -108,7 +109,57 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json_text(obj) + "\n")
+
+
+def write_texts_atomic(files: list[tuple[Path, str]]) -> None:
+    """``write_text_atomic`` for many files at once: each written to a temp file in its dir, then one sync of their
+    filesystems for all of them (an fsync took ~4 ms a file here: a journal commit each, most of writing a
+    1,024-job group's results), then each renamed into place. A reader sees each old file or its new one, whole."""
+    temps: list[str] = []
+    try:
+        for path, text in files:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            temps.append(tmp)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+        sync_filesystems({Path(tmp).parent for tmp in temps})
+        for (path, _), tmp in zip(files, temps, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:  # the ones not renamed yet
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
+def sync_filesystems(dirs: set[Path]) -> None:
+    """Flush what was written to the filesystems of ``dirs``: Linux's syncfs, once per filesystem (ctypes: the os
+    module lacks it); elsewhere os.sync, every filesystem's."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    for d in {os.stat(d).st_dev: d for d in dirs}.values():
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            if syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs failed for {d}")
+        finally:
+            os.close(fd)
+
+
+def json_text(obj: Any, indent: str = "") -> str:
+    """``json.dumps(obj, indent=2)``, except that a dict of a list of dicts (metrics.json's history) is one line:
+    each piece comes from the C encoder (with an indent, json.dumps runs the pure-Python one: ~1 ms per 10 epochs of
+    history, most of writing a vectorized sweep's results)."""
+    inner = indent + "  "
+    if isinstance(obj, dict) and obj:
+        return "{\n" + ",\n".join(f"{inner}{json.dumps(str(k))}: {json_text(v, inner)}" for k, v in obj.items()) + f"\n{indent}}}"
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        return "[\n" + ",\n".join(f"{inner}{json.dumps(v)}" for v in obj) + f"\n{indent}]"
+    return json.dumps(obj)
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
@@ -157,6 +208,7 @@ class EventFile:
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        self.scalar_events: dict[tuple[str, ...], Event] = {}
         self.records = Records(open(log_dir / name, "wb"))  # noqa: SIM115 - closed by close()
         self.add(Event(file_version="brain.Event:2", source_metadata=SourceMetadata(writer="tensorboard.summary.writer.event_file_writer")))
         if purge_step is not None:
@@ -168,8 +220,16 @@ class EventFile:
         self.records.write(event.SerializeToString())
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
-        """Each tag's scalar at this step, in one event."""
-        self.add(Event(step=step, summary=Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])))
+        """Each tag's scalar at this step, in one event: an event kept for these tags, its step and values set (half
+        the time of building one: a 1,024-λ sweep writes 102,400 of them)."""
+        tags = tuple(values)
+        event = self.scalar_events.get(tags)
+        if event is None:
+            event = self.scalar_events[tags] = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
+        event.step = step
+        for value, v in zip(event.summary.value, values.values(), strict=True):
+            value.simple_value = v
+        self.add(event)
 
     def purge_from(self, step: int) -> None:
         """TensorBoard hides the events at or after ``step`` written before this marker (in this file or earlier ones)."""
@@ -287,6 +347,22 @@ def job_log(hydra: DictConfig | None) -> JobLog | None:
             fmt = config.get("formatters", {}).get(handler.get("formatter"), {})
             return JobLog(Path(handler.filename), logging.Formatter(fmt.get("format"), fmt.get("datefmt")))
     return None
+
+
+def job_logs(hydras: list[DictConfig | None]) -> list[JobLog | None]:
+    """``job_log`` of each job of a group: looked up in full for the first, then, for jobs whose file handler sits
+    where the first's does, only its file name (the rest is the sweep's: looking up each job's took 0.5 ms)."""
+    first = job_log(hydras[0])
+    config = hydras[0].get("job_logging") if first is not None and hydras[0] is not None else None
+    name = next((n for n, h in config.handlers.items() if h.get("class") == "logging.FileHandler"), None) if config else None
+    if name is None:
+        return [job_log(hydra) for hydra in hydras]
+    logs: list[JobLog | None] = [first]
+    for hydra in hydras[1:]:
+        handler = OmegaConf.select(hydra, f"job_logging.handlers.{name}", default=None)
+        same = handler is not None and handler.get("class") == "logging.FileHandler"
+        logs.append(JobLog(Path(handler.filename), first.formatter) if same else job_log(hydra))
+    return logs
 
 
 class RunLogger:

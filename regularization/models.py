@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -71,6 +73,12 @@ def build_model(cfg: DictConfig, num_inputs: int, num_outputs: int) -> nn.Module
     if cfg.model.init is Init.normal:
         init_normal_(model, cfg.model.init_std)
     return model
+
+
+def parameter_count(cfg: DictConfig, num_inputs: int, num_outputs: int) -> int:
+    """The parameters of ``build_model(cfg, num_inputs, num_outputs)``, from the layer sizes (weights and biases)."""
+    sizes = [num_inputs, num_outputs] if cfg.model.name == "linear" else [num_inputs, cfg.model.hidden1, cfg.model.hidden2, num_outputs]
+    return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(sizes))
 
 
 def penalized_params(model: nn.Module, include_bias: bool) -> list[nn.Parameter]:

@@ -31,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
@@ -46,6 +47,7 @@ SLOT = (7.0, 3.8)  # inches per panel: the axes, and room on their right for the
 # above, the legend to the right. A legend wider than the right margin narrows the axes (``fit_in_slot``).
 MARGINS = {"left": 0.8, "right": 2.3, "bottom": 0.55, "top": 0.4}
 COLUMNS = 3  # panels per row of summary.png
+MAX_MARKERS = 48  # a line through more settings than this is drawn without markers
 MAX_LEGEND = 24  # a one-numeric-key sweep with more values gets a colour bar instead of a legend entry per value
 MAX_LINES = 6  # more settings than this over two or more keys: curve panels faceted by the first key
 LABEL_WIDTH = 30  # legend labels wrap at this many characters (between key=value pairs)
@@ -165,8 +167,9 @@ def _tidy_log_axes(ax: Axes) -> None:
         readable_log_ticks(ax.yaxis, *ax.get_ylim())
     if ax.get_xscale() == "log":
         readable_log_ticks(ax.xaxis, *ax.get_xlim())
-    elif ax.get_xscale() == "symlog":  # λ with 0 among its values
+    elif ax.get_xscale() == "symlog":  # λ with 0 among its values (none below it): no negative decades in the margin
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlim(left=max(ax.get_xlim()[0], -0.5 * ax.xaxis.get_transform().linthresh))
 
 
 def legend_outside(ax: Axes, handles: list, labels: list[str], title: str | None = None) -> None:
@@ -222,16 +225,21 @@ def draw_curves(ax: Axes, sweep: Sweep, metric: str = "loss", title: str = "") -
     log y axis, accuracy on a linear one. Curves of three evaluations or fewer get markers (one is a point)."""
     settings = sweep.settings
     colours = _colours(len(settings), _ordered(sweep))
-    short = False
-    for key, style in ((f"test_{metric}", "-"), (f"train_{metric}", "--")):
-        for setting, colour in zip(settings, colours, strict=True):
-            epochs, mean, low, high = _curve(setting.histories, key)
-            short |= len(epochs) <= 3
-            ax.plot(epochs, mean, style, color=colour, lw=1.3, marker="o" if len(epochs) <= 3 else None, ms=4)
-            if len(setting.histories) > 1:
-                ax.fill_between(epochs, low, high, color=colour, alpha=0.12, lw=0)
     name = "loss" if metric == "loss" else "accuracy"
     ax.set(xlabel="epoch", ylabel=name, yscale="log" if metric == "loss" else "linear")
+    short = False
+    for key, style in ((f"test_{metric}", "-"), (f"train_{metric}", "--")):
+        curves = [_curve(setting.histories, key) for setting in settings]
+        short |= any(len(epochs) <= 3 for epochs, *_ in curves)
+        if len(settings) > MAX_LEGEND and not short:  # one artist for all the lines: a 1,024-line plot in 0.1 s, not 2 s
+            ax.add_collection(LineCollection([np.column_stack(c[:2]) for c in curves], colors=colours, linestyles=style, lw=1.3))
+            ax.autoscale_view()
+        else:
+            for (epochs, mean, _, _), colour in zip(curves, colours, strict=True):
+                ax.plot(epochs, mean, style, color=colour, lw=1.3, marker="o" if len(epochs) <= 3 else None, ms=4)
+        for setting, (epochs, _, low, high), colour in zip(settings, curves, colours, strict=True):
+            if len(setting.histories) > 1:
+                ax.fill_between(epochs, low, high, color=colour, alpha=0.12, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     low, high = ax.get_xlim()
     if high - low < 2:  # one or two epochs: whole epochs for ticks, not fractions of one
@@ -309,7 +317,8 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
     lines = _lines(sweep, x)
     at, categories = _positions([s.keys.get(x) for s in [*sweep.settings, *sweep.diverged]], x in sweep.numeric)
     colours = _colours(len(lines), ordered=False)
-    styles = list(zip(metrics.items(), ("-", "--", ":"), "os^", strict=False))
+    dense = max(map(len, lines.values())) > MAX_MARKERS  # a regularization path of thousands of λ: a line, not a blob of markers
+    styles = list(zip(metrics.items(), ("-", "--", ":"), "os^" if not dense else [None] * 3, strict=False))
     n = len(lines) * len(styles)
     for i, (settings, colour) in enumerate(zip(lines.values(), colours, strict=True)):
         settings = sorted(settings, key=lambda s: at[s.keys.get(x)])
@@ -317,7 +326,8 @@ def draw_vs_key(ax: Axes, sweep: Sweep, x: str, metrics: dict[str, str], ylabel:
         for j, ((metric, _), style, marker) in enumerate(styles):
             mean, low, high = np.array([_final(s, metric) for s in settings]).T
             ls = style if categories is None else "none"  # categories are not a scale: no line between them
-            dodged_errorbar(ax, i * len(styles) + j, n, xs, mean, low, high, ls=ls, marker=marker, ms=4, capsize=2, lw=1.2, color=colour)
+            look = {"ls": ls, "marker": marker, "ms": 4, "capsize": 0 if dense else 2, "lw": 1.2, "color": colour}
+            dodged_errorbar(ax, i * len(styles) + j, n, xs, mean, low, high, **look)
     _x_axis(ax, x, at, categories)
     ax.set_ylabel(ylabel)
     ax.set_title(title, y=1.0)

@@ -53,11 +53,16 @@ def dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
         return torch.zeros_like(X)
     if p == 0:
         return X
+    return inverted_dropout(X, p, 1 - p)
+
+
+def inverted_dropout(X: torch.Tensor, p: float | torch.Tensor, keep: float | torch.Tensor) -> torch.Tensor:
+    """``dropout_layer`` for 0 < p < 1, without its branches on p, so that p and keep = 1 − p may be 0-dim tensors."""
     # The uniforms in fp32 whatever X's dtype: the same masks at every precision, and on CPU bf16 uniforms are
     # slower to draw. The mask itself in X's dtype: under bf16-mixed an fp32 mask would promote the activations
     # to fp32, and the next matmul would cast them back. Each unit times 0 or 1/(1−p): one pass over X.
-    keep = torch.rand(X.shape, device=X.device) > p
-    return X * (keep / (1 - p)).to(X.dtype)
+    kept = torch.rand(X.shape, device=X.device) > p
+    return X * (kept / keep).to(X.dtype)
 
 
 def standard_dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
@@ -67,8 +72,12 @@ def standard_dropout_layer(X: torch.Tensor, p: float) -> torch.Tensor:
     """
     if p == 0:
         return X
-    mask = torch.rand_like(X) > p
-    return X * mask
+    return standard_dropout(X, p)
+
+
+def standard_dropout(X: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """``standard_dropout_layer`` without its branch on p, so that p may be a 0-dim tensor."""
+    return X * (torch.rand_like(X) > p)
 
 
 class Dropout(nn.Module):
@@ -76,17 +85,30 @@ class Dropout(nn.Module):
 
     - ``inverted`` (default): training computes ``dropout_layer``; evaluation is the identity.
     - ``standard``: training computes ``standard_dropout_layer``; evaluation returns (1−p)·X.
+
+    Training reads p and 1 − p from 0-dim tensors, ``rate`` and ``keep`` (buffers: they follow the model's device):
+    a compiled step takes them as inputs, so one graph serves every rate, where the float p would be a constant
+    compiled into the graph (a recompile per rate). They are not persistent: the state_dict, and so a checkpoint,
+    holds what it held before (the rate comes from the config). 1 − p is taken in float64, then rounded, as
+    ``dropout_layer`` takes it: the same masks and scale. p = 0 is the identity and draws nothing (``dropping``):
+    the one thing about p a compiled step is specialised on.
     """
 
     def __init__(self, p: float, style: DropoutStyle = DropoutStyle.inverted) -> None:
         super().__init__()
-        self.p, self.style = p, style
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p, self.style, self.dropping = p, style, p > 0
+        self.register_buffer("rate", torch.tensor(float(p)), persistent=False)
+        self.register_buffer("keep", torch.tensor(1 - float(p)), persistent=False)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.dropping:
+            return X
         inverted = self.style is DropoutStyle.inverted
         if self.training:
-            return dropout_layer(X, self.p) if inverted else standard_dropout_layer(X, self.p)
-        return X if inverted else X * (1 - self.p)
+            return inverted_dropout(X, self.rate, self.keep) if inverted else standard_dropout(X, self.rate)
+        return X if inverted else X * (1 - self.p)  # evaluation is not compiled: the float, as before
 
     def extra_repr(self) -> str:
         return f"p={self.p}, style={self.style.value}"

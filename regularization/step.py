@@ -10,7 +10,10 @@
 
 ``compile``: the step's forward pass and loss (and, through AOTAutograd, its backward) run as one graph
 compiled by torch.compile; on CUDA in mode ``reduce-overhead``, which replays the step as a CUDA graph (the
-batch shapes are static: one graph for the full batches, one for an epoch's last, shorter batch).
+batch shapes are static: one graph for the full batches, one for an epoch's last, shorter batch). A graph
+depends on the model's structure, not on its values: the dropout rates and the weights are the graph's inputs, so
+the jobs of a sweep in one process that differ only in them (rates, λ, lr, seed) share their graphs, compiled
+once (under reduce-overhead each job records its CUDA graphs again, for its own weights' addresses).
 """
 
 from __future__ import annotations
@@ -84,16 +87,22 @@ def check_compile(device: torch.device) -> None:
             raise ConfigError(f"Invalid config: trainer.compile: no C compiler found (Triton needs gcc or clang), {remedy}")
 
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[..., torch.Tensor]  # (X, y, *inputs) → the batch's data loss
+
+
+def compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process: a step that raised it compiled."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 class Step:
     """One training step's pieces: ``loss(X, y)`` (the forward pass under autocast, compiled if asked),
     ``backward(objective)`` and ``update(optimizer)`` (loss-scaled under 16-mixed).
 
-    ``forward_loss(X, y)`` must return the data loss in fp32 (cast the logits with ``.float()``, a no-op in fp32).
-    ``compile_s`` sums the wall time of the steps that compiled (the first step of every new batch shape,
-    forward and backward, compute included: one step, milliseconds, against seconds of compiling).
+    ``forward_loss(X, y, *inputs)`` must return the data loss in fp32 (cast the logits with ``.float()``, a no-op
+    in fp32). ``compile_s`` sums the wall time of the steps in which dynamo compiled a graph (the first step of a
+    new batch shape, unless an earlier job's graph serves it; forward and backward, compute included: one step,
+    milliseconds, against seconds of compiling).
     """
 
     def __init__(self, forward_loss: Loss, precision: str, compile: bool, device: torch.device) -> None:
@@ -103,16 +112,12 @@ class Step:
         self.fn: Loss = forward_loss
         self.eager = forward_loss
         if compile:
-            # A job's (or group's) step compiles afresh: the graphs of the process's earlier jobs, guarded on their
-            # models (and their dropout rates), would otherwise count towards dynamo's recompile limit, and from
-            # the 9th job on the step would run eagerly. And past the limit, dynamo raises rather than fall back
-            # in silence (``loss`` says so and runs eagerly).
-            torch._dynamo.reset()
+            # Past dynamo's recompile limit, dynamo raises rather than fall back in silence (``loss`` handles it).
             torch._dynamo.config.fail_on_recompile_limit_hit = True
             self.fn = torch.compile(forward_loss, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
         self.compile_s = 0.0
-        self.seen: set[tuple[int, ...]] = set()
         self.compiling_since: float | None = None
+        self.restarted = False  # whether this step has started dynamo afresh (at the recompile limit)
 
     def autocast(self) -> AbstractContextManager:
         """The precision's autocast region (nothing in fp32), for the forward passes of training and evaluation."""
@@ -120,25 +125,38 @@ class Step:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.compiled:
-            if X.shape not in self.seen:  # this call and its backward compile a graph for the new shape
-                self.seen.add(X.shape)
-                self.compiling_since = time.perf_counter()
-            if self.device.type == "cuda":  # a new step: the CUDA graphs may reuse the last step's buffers
-                torch.compiler.cudagraph_mark_step_begin()
+    def loss(self, X: torch.Tensor, y: torch.Tensor, *inputs: Any) -> torch.Tensor:
+        """The forward pass and loss of a batch; ``inputs`` go to forward_loss after X and y (the vectorized step's
+        dropout uniforms). A step that compiles a graph starts counting ``compile_s`` (up to its backward's end)."""
+        if not self.compiled:
+            with self.autocast():
+                return self.fn(X, y, *inputs)
+        if self.device.type == "cuda":  # a new step: the CUDA graphs may reuse the last step's buffers
+            torch.compiler.cudagraph_mark_step_begin()
+        start, graphs = time.perf_counter(), compiled_graphs()
         with self.autocast():
             try:
-                return self.fn(X, y)
+                out = self.fn(X, y, *inputs)
             except torch._dynamo.exc.FailOnRecompileLimitHit as err:
-                return self.eagerly(X, y, err)
+                out = self.restart(X, y, inputs, err)
+        if compiled_graphs() != graphs and self.compiled:
+            self.compiling_since = start
+        return out
 
-    def eagerly(self, X: torch.Tensor, y: torch.Tensor, err: Exception) -> torch.Tensor:
-        """The step uncompiled from here on, said in the log (and compile_s stops counting)."""
+    def restart(self, X: torch.Tensor, y: torch.Tensor, inputs: tuple, err: Exception) -> torch.Tensor:
+        """At dynamo's recompile limit. The first time, the graphs of the process's earlier jobs (other models, batch
+        shapes) may fill its cache: dynamo starts afresh and compiles this job's graph again. The second time, this
+        job alone needs more graphs than the limit: the step runs eagerly from here, said in the log."""
+        if not self.restarted:
+            self.restarted = True
+            log.info("trainer.compile: dynamo's cache holds earlier jobs' graphs up to its recompile limit; starting it afresh")
+            torch._dynamo.reset()
+            with contextlib.suppress(torch._dynamo.exc.FailOnRecompileLimitHit):  # not after a fresh start, but never a crash
+                return self.fn(X, y, *inputs)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         log.warning("trainer.compile: torch.compile reached its recompile limit (%s); the training step runs eagerly from here", first_line)
         self.fn, self.compiled, self.compiling_since = self.eager, False, None
-        return self.fn(X, y)
+        return self.fn(X, y, *inputs)
 
     def backward(self, objective: torch.Tensor) -> None:
         (self.scaler.scale(objective) if self.scaler is not None else objective).backward()

@@ -30,7 +30,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,8 @@ from regularization.checkpoint import (
     GROUP_CHECKPOINT,
     CheckpointCadence,
     checkpoint_epoch,
-    experiment_id,
+    experiment_config,
+    experiment_digest,
     generator_state,
     group_members,
     load_group_checkpoint,
@@ -53,7 +53,7 @@ from regularization.checkpoint import (
     set_rng_states,
 )
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
-from regularization.data import load_data
+from regularization.data import data_shapes, load_data
 from regularization.engine import EVAL_BATCH, final_metric, resume_command, seed_everything, set_deterministic
 from regularization.gpu import (
     failure_message,
@@ -63,8 +63,8 @@ from regularization.gpu import (
     reset_peak_memory,
     sticky_cuda_error,
 )
-from regularization.logging import RunLogger, job_log, log, run_hparams, saved_hydra_config, write_json_atomic
-from regularization.models import build_model
+from regularization.logging import RunLogger, job_logs, json_text, log, run_hparams, saved_hydra_config, write_texts_atomic
+from regularization.models import build_model, parameter_count
 from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
 from regularization.results import run_result
@@ -79,6 +79,10 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which 
 # ops to intra-op threads costs more than it saves (the 64-member λ sweep: 1.2 s on one thread, 9.7 s on two,
 # on the 2-core dev machine while other processes kept both cores busy).
 SMALL_STEP_FLOPS = 2**22
+# The default group size: 64 members, or more for small models, as many as hold this many parameters in all (the
+# stacked weights take 64 MB in fp32; gradients and optimizer state 1–3× more): the weight-decay model's 201
+# parameters give 83,468 members a group, so a 1,024-λ sweep trains as one group instead of 16 one after another.
+DEFAULT_MEMBERS, GROUP_PARAMETERS = 64, 2**24
 GLOBAL_RNG = threading.Lock()  # held while a group seeds torch's global RNG and draws its members' init from it
 # Set by the launcher at Ctrl-C, or when a group on another GPU stopped the sweep: groups end at their next epoch.
 stop_requested = threading.Event()
@@ -89,12 +93,22 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(config_without(cfg, STACKABLE), sort_keys=True)
 
 
-def plan_groups(cfgs: list[DictConfig], max_members: int) -> list[list[int]]:
-    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each."""
+def default_members(cfg: DictConfig) -> int:
+    """max(DEFAULT_MEMBERS, GROUP_PARAMETERS // the parameters of one member)."""
+    return max(DEFAULT_MEMBERS, GROUP_PARAMETERS // parameter_count(cfg, *data_shapes(cfg)))
+
+
+def plan_groups(cfgs: list[DictConfig], max_members: int | None) -> list[list[int]]:
+    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each
+    (None: ``default_members`` of the group's model)."""
     by_key: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         by_key.setdefault(group_key(cfg), []).append(i)
-    return [idx[s : s + max_members] for idx in by_key.values() for s in range(0, len(idx), max_members)]
+    groups = []
+    for idx in by_key.values():
+        size = max_members or default_members(cfgs[idx[0]])
+        groups += [idx[s : s + size] for s in range(0, len(idx), size)]
+    return groups
 
 
 def per_member(values: list[float], device: torch.device) -> torch.Tensor:
@@ -106,13 +120,22 @@ def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def member_dropout(H: torch.Tensor, p: torch.Tensor, inverted: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dropout with a rate per member: keep with probability 1 − p_k, and (inverted) scale kept units by 1/(1 − p_k).
+def member_dropout(H: torch.Tensor, p: torch.Tensor, u: torch.Tensor, inverted: bool = True) -> torch.Tensor:
+    """Dropout with a rate per member, from uniforms u (H's shape, fp32 whatever H's dtype: see
+    regularizers.inverted_dropout): keep where u ≥ p_k, and (inverted) scale kept units by 1/(1 − p_k).
 
     ``u ≥ p`` (not ``u > p``) so that p_k = 0 keeps every unit, as engine's dropout does.
     """
-    keep = torch.rand(H.shape, generator=generator, device=H.device) >= bcast(p, H)  # fp32 uniforms: see regularizers.dropout_layer
-    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see regularizers.dropout_layer
+    keep = u >= bcast(p, H)
+    return H * (keep / bcast(1 - p, H)).to(H.dtype) if inverted else H * keep  # H's dtype: see regularizers.inverted_dropout
+
+
+def static(t: torch.Tensor) -> torch.Tensor:
+    """t, marked as an input whose address stays the same from step to step: CUDA graphs (trainer.compile on CUDA)
+    read it in place instead of copying it into a buffer of their own every step. Not guarded: another group's
+    tensors, at other addresses, reuse the compiled graph (its CUDA graphs are recorded again)."""
+    torch._dynamo.mark_static_address(t)
+    return t
 
 
 class StackedNet:
@@ -122,39 +145,70 @@ class StackedNet:
     ``rates`` holds one [K] dropout rate for the inputs and one per hidden layer (empty for the linear model).
     Standard (non-inverted) dropout scales by (1 − p) at evaluation instead of 1/(1 − p) in training.
     The masks come from ``generator``, the group's own: groups that train at once in threads (one per GPU) must
-    not share torch's global RNG, which every ``torch.manual_seed`` resets on every device.
+    not share torch's global RNG, which every ``torch.manual_seed`` resets on every device. A training step's
+    uniforms are drawn before the step (``draw``) and handed to the forward pass.
     """
 
     def __init__(
-        self, models: list[nn.Module], rates: list[torch.Tensor], inverted: bool = True, generator: torch.Generator | None = None
+        self,
+        models: list[nn.Module],
+        rates: list[torch.Tensor],
+        inverted: bool = True,
+        generator: torch.Generator | None = None,
+        compiled: bool = False,
     ) -> None:
+        # Marked static only for a compiled step: marking imports torch._dynamo, 0.7 s that an eager sweep needn't pay.
+        self.static = static if compiled else lambda t: t
         layers = list(zip(*([m for m in model.modules() if isinstance(m, nn.Linear)] for model in models), strict=True))
-        self.weights = [torch.stack([lin.weight.detach() for lin in layer]).contiguous().requires_grad_() for layer in layers]
-        self.biases = [torch.stack([lin.bias.detach()[None] for lin in layer]).contiguous().requires_grad_() for layer in layers]
+        self.weights = [self.static(torch.stack([lin.weight.detach() for lin in layer]).requires_grad_()) for layer in layers]
+        self.biases = [self.static(torch.stack([lin.bias.detach()[None] for lin in layer]).requires_grad_()) for layer in layers]
         self.rates, self.inverted, self.generator = rates, inverted, generator
         self.dropping = [bool(p.any()) for p in rates]  # read once here, not (a device sync) at every batch
+        self.uniforms: dict[int, list[torch.Tensor | None]] = {}  # per batch size: see ``draw``
 
-    def dropout(self, H: torch.Tensor, layer: int, train: bool) -> torch.Tensor:
-        """Dropout of ``layer`` (0: the inputs, i: after hidden layer i) for every member."""
+    def draw(self, batch: int) -> list[torch.Tensor | None]:
+        """A training step's uniforms, one [K, batch, in] tensor per dropout layer (None where no member drops),
+        drawn from ``generator`` in the order the forward pass applies them: the inputs, then each hidden layer.
+
+        Drawn here, before the step, rather than in it: dynamo cannot trace a draw from a torch.Generator, and each
+        would break the compiled step's graph in two; so a compiled step is one graph, with the eager step's masks.
+        Drawn in place, into buffers kept per batch size (an epoch's full batches and its last one): static
+        inputs, which CUDA graphs need not copy.
+        """
+        if batch not in self.uniforms:
+            K = len(self.weights[0])
+            self.uniforms[batch] = [
+                self.static(torch.empty(K, batch, W.shape[2], device=W.device)) if dropping else None
+                for W, dropping in zip(self.weights, self.dropping, strict=False)  # no rates: the linear model
+            ]
+        for u in self.uniforms[batch]:
+            if u is not None:
+                u.uniform_(generator=self.generator)  # what torch.rand(u.shape, generator=...) draws
+        return self.uniforms[batch]
+
+    def dropout(self, H: torch.Tensor, layer: int, uniforms: list[torch.Tensor | None] | None) -> torch.Tensor:
+        """Dropout of ``layer`` (0: the inputs, i: after hidden layer i) for every member: in training, with
+        ``uniforms`` (``draw``'s), else (None) evaluation's."""
         p = self.rates[layer]
         if not self.dropping[layer]:
             return H
         if H.dim() == 2:  # inputs shared by all members: each member draws its own mask
             H = H.expand(len(p), *H.shape)
-        if train:
-            return member_dropout(H, p, self.inverted, self.generator)
+        if uniforms is not None:
+            return member_dropout(H, p, uniforms[layer], self.inverted)
         return H if self.inverted else H * bcast(1 - p, H)
 
     def parameters(self) -> list[torch.Tensor]:
         return [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
 
-    def __call__(self, X: torch.Tensor, train: bool) -> torch.Tensor:
-        """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]."""
-        H = self.dropout(X, 0, train) if self.rates else X
+    def __call__(self, X: torch.Tensor, uniforms: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """X: [B, d] (the same inputs for all members) or [K, B, d]; returns [K, B, outputs]. A training forward pass
+        with a step's ``uniforms`` (``draw(B)``), an evaluation one without."""
+        H = self.dropout(X, 0, uniforms) if self.rates else X
         for i, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             H = torch.baddbmm(b, H, W.transpose(1, 2)) if H.dim() == 3 else shared_linear(H, W, b)
             if i < len(self.weights) - 1:
-                H = self.dropout(torch.relu(H), i + 1, train)
+                H = self.dropout(torch.relu(H), i + 1, uniforms)
         return H
 
     @torch.no_grad()
@@ -347,7 +401,7 @@ def check_vectorizable(cfg: DictConfig) -> None:
 def make_step(cfg: DictConfig, net: StackedNet, data: StackedData) -> Step:
     """The stacked training step at cfg.trainer.precision (the stacked GEMMs under autocast), compiled if asked."""
     return Step(
-        lambda X, y: member_losses(net(X, train=True).float(), y, data.classification),
+        lambda X, y, uniforms: member_losses(net(X, uniforms).float(), y, data.classification),
         cfg.trainer.precision,
         cfg.trainer.compile,
         data.X_train.device,
@@ -368,7 +422,7 @@ def train_epoch(
     n = data.X_train.shape[-2]
     total = torch.zeros_like(optimizer.lr)
     for idx in batches:
-        data_loss = step.loss(data.take(data.X_train, idx), data.take(data.y_train, idx))
+        data_loss = step.loss(data.take(data.X_train, idx), data.take(data.y_train, idx), net.draw(idx.shape[-1]))
         with torch.set_grad_enabled(penalty.in_loss):  # [K] λ_k·Ω(w_k) before the step, as engine.train_epoch takes it
             term = penalty.value()
         optimizer.zero_grad()
@@ -391,7 +445,7 @@ def evaluate(net: StackedNet, data: StackedData, X: torch.Tensor, y: torch.Tenso
     correct = torch.zeros(K, device=X.device)
     for start in range(0, n, chunk):
         Xc, yc = data.rows(X, start, start + chunk), data.rows(y, start, start + chunk)
-        y_hat = net(Xc, train=False).float()  # fp32 under autocast too
+        y_hat = net(Xc).float()  # fp32 under autocast too
         loss_sum += member_losses(y_hat, yc, data.classification) * y_hat.shape[1]
         if data.classification:
             correct += (y_hat.argmax(-1) == yc).sum(-1)
@@ -446,7 +500,7 @@ def build_members(cfgs: list[DictConfig], data: StackedData, device: torch.devic
     rates = [per_member([cfg.reg.get(key, 0.0) for cfg in cfgs], device) for key in ("input_dropout", "dropout1", "dropout2")]
     inverted = cfgs[0].reg.get("dropout_style", DropoutStyle.inverted) is DropoutStyle.inverted
     masks = torch.Generator(device=device).manual_seed(cfgs[0].seed)
-    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted, masks)
+    return StackedNet(models, rates if cfgs[0].model.name == "mlp" else [], inverted, masks, compiled=cfgs[0].trainer.compile)
 
 
 @contextmanager
@@ -474,12 +528,14 @@ def fit_group(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     position: SweepPosition = SINGLE_GROUP,
+    members: str | None = None,
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
-    ``position``: where the group stands in its sweep, for its progress lines and bar.
+    ``position``: where the group stands in its sweep, for its progress lines and bar. ``members``: the checkpoint's
+    ``group_members`` (None: made from cfgs).
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
@@ -489,7 +545,7 @@ def fit_group(
     done = resume_from["epoch"] if resume_from else 0
     enabled = progress_enabled(cfgs[0].trainer.progress)
     with cpu_threads(1 if small else None), GroupProgress(position, cfgs[0].trainer.epochs, enabled, done) as progress:
-        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress)
+        return fit_members(cfgs, loggers, data, net, checkpoint, resume_from, elapsed, progress, members)
 
 
 @dataclass
@@ -560,6 +616,7 @@ def fit_members(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     progress: GroupProgress | None = None,
+    members: str | None = None,
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -590,7 +647,9 @@ def fit_members(
         for result in results:
             if result["status"] == "completed":
                 result["epochs"] = epochs  # a group resumed to more epochs than it was started with
-    cadence, members = CheckpointCadence.of(first.trainer), group_members(cfgs) if checkpoint is not None else ""
+    cadence = CheckpointCadence.of(first.trainer)
+    if checkpoint is not None and members is None:
+        members = group_members([experiment_config(c) for c in cfgs])
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
@@ -706,7 +765,7 @@ def train_group(
     """
     checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
-    logs = [job_log(hydra) for hydra in hydra_cfgs]
+    logs = job_logs(hydra_cfgs)
     for k, member_log in enumerate(logs):
         if member_log is not None:
             member_log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
@@ -718,6 +777,7 @@ def train_group(
     ]
     for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
         logger.log_hparams(run_hparams(cfg, hydra))
+    experiments = [experiment_config(cfg) for cfg in cfgs]  # for the checkpoints and metrics.json (1 ms a job)
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
     start, before = time.perf_counter(), resume_from["wall_s"] if resume_from else 0.0
 
@@ -726,16 +786,16 @@ def train_group(
 
     try:
         reset_peak_memory(device)
-        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position)
+        results = fit_group(cfgs, loggers, device, checkpoint, resume_from, elapsed, position, group_members(experiments))
         for logger, result in zip(loggers, results, strict=True):
             logger.log_result(result)
         statuses = [r["status"] for r in results]
     except KeyboardInterrupt:  # as engine.train: logs flushed (finally), status interrupted, exit 130
         statuses = ["interrupted"] * len(cfgs)  # the HParams sessions stay open, as a resumed run ends them
         done = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0  # the file on disk is the truth
-        for d, logger in zip(out_dirs, loggers, strict=True):
+        for logger in loggers:
             logger.purge_from(done + 1)  # TensorBoard hides the epochs past the checkpoint (a second Ctrl-C's)
-            write_json_atomic(d / "metrics.json", {"status": "interrupted", "epochs": done})
+        write_texts_atomic([(d / "metrics.json", json_text({"status": "interrupted", "epochs": done}) + "\n") for d in out_dirs])
         log.warning("interrupted: the group's checkpoint after epoch %d stands; a rerun into the same sweep dir resumes it", done)
         log.warning("to resume: %s", resume_command(hydra_cfgs[0], multirun=True))
         raise SystemExit(130) from None
@@ -743,7 +803,7 @@ def train_group(
         error = failure_message(err, "a smaller hydra.launcher.max_members or data.batch_size")
         for d in out_dirs:
             (d / "traceback.txt").write_text(traceback.format_exc())
-            write_json_atomic(d / "metrics.json", {"status": "failed", "error": error})
+        write_texts_atomic([(d / "metrics.json", json_text({"status": "failed", "error": error}) + "\n") for d in out_dirs])
         if is_sticky_cuda_error(err):
             raise sticky_cuda_error(err, f"a vectorized group of {len(cfgs)} jobs ({out_dirs[0]}, ...)") from None
         log.exception("group of %d jobs failed; traceback in each job dir", len(cfgs))
@@ -753,11 +813,7 @@ def train_group(
             logger.close(status)
         release_cached_memory(device)
     wall = elapsed()
-    # Each write waits for its fsync (ms); the waits overlap in threads, the files stay atomic.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(
-            device, "group_peak_memory_bytes"
-        )
-        ids = [{"experiment_id": experiment_id(cfg)} for cfg in cfgs]
-        list(pool.map(lambda r, d, i: write_json_atomic(d / "metrics.json", r | shares | i), results, out_dirs, ids))
+    shares = {"wall_s": wall / len(cfgs), "group_wall_s": wall, "group_size": len(cfgs)} | peak_memory(device, "group_peak_memory_bytes")
+    metrics = [r | shares | {"experiment_id": experiment_digest(e)} for r, e in zip(results, experiments, strict=True)]
+    write_texts_atomic([(d / "metrics.json", json_text(m) + "\n") for d, m in zip(out_dirs, metrics, strict=True)])
     return [final_metric(r, cfg.optimize_metric) for r, cfg in zip(results, cfgs, strict=True)]

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from regularization.machine import cpu_model  # noqa: E402
+
 SWEEPS = {
     "lambda_64": ["+experiment=weight_decay", "reg.lambd=range(0,10,0.15625)", "hydra.launcher.max_members=32"],
     "dropout_4x4": [
@@ -96,7 +99,13 @@ def main() -> None:
             median = {launcher: statistics.median(t) for launcher, t in times.items()}
             ratio = median["slurm_2_groups"] / median["in_process"]
             rows[name] = {"times_s": times, "median_s": median, "slurm_over_in_process": ratio, "group_wall_s": groups}
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    machine = {
+        "cpu": cpu_model(),  # timings differ between CPU models: every number names its CPU
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     print(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2))
 
 

@@ -65,7 +65,7 @@ def compare(name: str, reg: list[str], args: argparse.Namespace, root: Path) -> 
     finals = [(s[-1]["test_loss"], a[-1]["test_loss"]) for s, a in pairs]
     worst = max(abs(s - a) / abs(a) for s, a in finals)
     top = finals[-args.seeds :]  # the largest λ's members
-    mean_sd = lambda v: f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}"  # noqa: E731
+    mean_sd = lambda v: f"{statistics.fmean(v):.4g}" + (f" ± {statistics.stdev(v):.2g}" if len(v) > 1 else "")  # noqa: E731
     return (
         f"{name:16} bitwise {bitwise}/{len(pairs)}  first epoch beyond {REL:g}: {min(partings) if partings else '-':>4}"
         f" ({len(partings)} of {len(pairs)} members)  worst final test-loss rel diff {worst:.2e}"

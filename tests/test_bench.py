@@ -73,3 +73,18 @@ def test_sweep_ratio_warms_both_launchers_up_untimed_then_alternates_which_goes_
     assert all(args == ["+experiment=weight_decay"] for _, args in warmups)  # one job, the same experiment
     assert [launcher for launcher, _ in timed] == ["basic", "vectorized", "vectorized", "basic"]
     assert (basic, vectorized) == (2.0, 1.0) and times == {"basic": [2.0, 2.0], "vectorized": [1.0, 1.0]}
+
+
+def test_stacked_agreement_runs_with_one_seed(tmp_path):
+    """scripts/stacked_agreement.py --seeds 1 (a quick look at one seed) reports, with no spread to show (it used to
+    crash computing a standard deviation of one value)."""
+    import subprocess
+    import sys
+
+    args = ["--epochs", "2", "--seeds", "1", "--lambd", "0", "1", "--only", "l2 penalty"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stacked_agreement.py"), *args], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("l2 penalty")]
+    assert "final test loss stacked" in line and "±" not in line

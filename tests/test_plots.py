@@ -167,3 +167,24 @@ def test_compared_sweeps_name_a_constant_that_differs_between_them(tmp_path):
     labels = [s.label for s in sweep_plot_data(jobs).settings]
     sweeps = (("a", "penalty"), ("b", "weight_decay"))
     assert labels == [f"sweep={s}, reg.impl={impl}, reg.lambd={lambd}" for s, impl in sweeps for lambd in "03"]
+
+
+def test_a_regularization_path_of_many_settings_is_a_line_on_an_axis_with_no_negative_lambdas(tmp_path):
+    """λ = 0 and 59 values up to 10 (a symlog axis): no tick left of 0 (λ is never negative), and a path through
+    more than MAX_MARKERS settings is drawn as lines without markers; the curves are one collection, coloured by λ."""
+    from matplotlib.collections import LineCollection
+
+    from regularization.plots import MAX_MARKERS
+
+    lambdas = [0.0] + [10 ** (-3 + 4 * i / 58) for i in range(59)]
+    assert len(lambdas) > MAX_MARKERS
+    for lambd in lambdas:
+        make_job(tmp_path, [f"reg.lambd={lambd:.6g}"], scale=1.0 + lambd)
+    _, axes, names = panels_of(tmp_path)
+    path = by_name(axes, names, "final_vs_reg.lambd.png")
+    assert path.get_xscale() == "symlog"
+    low, high = path.get_xlim()
+    assert low < 0 and not [t for t in path.get_xticks() if low <= t < 0]
+    assert path.lines and all(line.get_marker() in (None, "None", "") for line in path.lines)
+    curves = by_name(axes, names, "curves.png")
+    assert [len(c.get_segments()) for c in curves.collections if isinstance(c, LineCollection)] == [60, 60]  # test, train

@@ -236,6 +236,34 @@ def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_many_files_written_at_once_are_synced_before_they_replace_the_old_ones(tmp_path, monkeypatch):
+    """A group's metrics.json files (``write_texts_atomic``): every file's new text lands, readable by all, after one
+    sync of the filesystem (not an fsync each); interrupted before the renames, every old file stands, no temp is left."""
+    import regularization.logging as logging_
+
+    dirs = [tmp_path / f"job{k}" for k in range(3)]
+    for d in dirs:
+        d.mkdir()
+        (d / "metrics.json").write_text("old")
+    events: list[str] = []
+    sync = logging_.sync_filesystems
+    monkeypatch.setattr(logging_, "sync_filesystems", lambda ds: (events.append("sync"), sync(ds)))
+    monkeypatch.setattr(logging_.os, "replace", lambda a, b, replace=os.replace: (events.append("replace"), replace(a, b)))
+    logging_.write_texts_atomic([(d / "metrics.json", f"new {k}") for k, d in enumerate(dirs)])
+    assert events == ["sync", "replace", "replace", "replace"]
+    assert [(d / "metrics.json").read_text() for d in dirs] == ["new 0", "new 1", "new 2"]
+    assert all(oct((d / "metrics.json").stat().st_mode)[-3:] == "644" and os.listdir(d) == ["metrics.json"] for d in dirs)
+
+    def interrupted(ds: set) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(logging_, "sync_filesystems", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        logging_.write_texts_atomic([(d / "metrics.json", "newer") for d in dirs])
+    assert [(d / "metrics.json").read_text() for d in dirs] == ["new 0", "new 1", "new 2"]
+    assert all(os.listdir(d) == ["metrics.json"] for d in dirs)
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from regularization.engine import train
+from regularization.models import build_model, parameter_count
 from regularization.vectorized import member_dropout, plan_groups, train_group
 from tests.conftest import real_data_root, run_train
 
@@ -109,11 +110,26 @@ def test_groups_split_on_keys_that_cannot_stack_and_respect_max_members(make_cfg
     assert plan_groups(cfgs, max_members=2) == [[0, 1], [4], [2], [3], [5], [6]]
 
 
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_parameter_count_is_the_built_models(make_cfg, model):
+    cfg = make_cfg(f"model={model}", *(["model.hidden1=7", "model.hidden2=5"] if model == "mlp" else []))
+    assert parameter_count(cfg, 13, 3) == sum(p.numel() for p in build_model(cfg, 13, 3).parameters())
+
+
+def test_default_group_size_grows_for_small_models(make_cfg):
+    """max_members null: 64 for the Fashion-MNIST MLP (as before), more for the 201-parameter weight-decay model."""
+    linear, mlp = make_cfg(), make_cfg("model=mlp", "data=fashion_mnist")
+    lambdas = [OmegaConf.merge(linear, {"reg": {"lambd": v}}) for v in range(200)]
+    assert plan_groups(lambdas, max_members=None) == [list(range(200))]
+    mlps = [OmegaConf.merge(mlp, {"reg": {"lambd": v}}) for v in range(100)]
+    assert plan_groups(mlps, max_members=None) == [list(range(64)), list(range(64, 100))]
+
+
 def test_member_dropout_keeps_one_minus_p_per_member():
     torch.manual_seed(0)
     p = torch.tensor([0.0, 0.2, 0.5, 0.9])
     H = torch.ones(4, 500, 200)
-    out = member_dropout(H, p)
+    out = member_dropout(H, p, torch.rand(H.shape))
     kept = (out != 0).float().mean(dim=(1, 2))
     assert torch.equal(out[0], H[0])  # p = 0 keeps every unit
     assert kept.tolist() == pytest.approx((1 - p).tolist(), abs=0.01)

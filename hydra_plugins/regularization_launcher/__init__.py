@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class VectorizedLauncherConf:
     _target_: str = "hydra_plugins.regularization_launcher.VectorizedLauncher"
-    # The most jobs trained as one stacked model; bounds memory (weights, activations and optimizer state grow with it).
-    max_members: int = 64
+    # The most jobs trained as one stacked model; bounds memory (weights, activations and optimizer state grow with
+    # it). null: 64, or more for small models (vectorized.default_members: the weight-decay model's groups hold 83,468).
+    max_members: int | None = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf, provider="regularization")
@@ -73,7 +74,7 @@ class VectorizedLauncher(Launcher):
     # The sweeper need not compose and check the jobs: launch() checks every job before any trains.
     preflights_every_job = True
 
-    def __init__(self, max_members: int = 64) -> None:
+    def __init__(self, max_members: int | None = None) -> None:
         super().__init__()
         self.max_members = max_members
         self.config: DictConfig | None = None
@@ -129,7 +130,7 @@ class VectorizedLauncher(Launcher):
         """The launcher's own settings, before anything is composed or written."""
         from regularization.config import ConfigError
 
-        if self.max_members < 1:
+        if self.max_members is not None and self.max_members < 1:
             raise ConfigError(f"Invalid config: hydra.launcher.max_members: must be >= 1, got {self.max_members}")
 
     def check(self, job: Job, checked: set[int]) -> None:
@@ -184,7 +185,7 @@ class VectorizedLauncher(Launcher):
         groups = self.plan(pending)
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
         check_compile_threads(devices, [g[0].task_cfg.trainer.compile for g in groups])
-        log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
+        log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), max(map(len, groups), default=0))
         for k, (group, device) in enumerate(zip(groups, devices, strict=True), start=1):
             log.info("group %d of %d on %s:", k, len(groups), device)
             for job in group:

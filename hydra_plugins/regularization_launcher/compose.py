@@ -72,7 +72,7 @@ class SweepComposer:
         parsed, values, base, derived = self._base(overrides)
         if not derived:
             return base.config(), base.task(), base, []
-        return self.derive(base.config(), parsed, values), _apply(base.task(), values), base, [o.key_or_group for o in values]
+        return self.derive(base, parsed, values), _apply(base.task(), values), base, [o.key_or_group for o in values]
 
     def task(self, overrides: Sequence[str]) -> DictConfig:
         """The job's task config alone, as the sweeper's pre-flight check needs it."""
@@ -93,15 +93,14 @@ class SweepComposer:
             return parsed, values, composed, False
         return parsed, values, base, True
 
-    def derive(self, config: DictConfig, parsed: list[Override], values: list[Override]) -> DictConfig:
-        """A copy of a base config (``config``, changed here) turned into the job's: its value overrides applied
-        and hydra's override-derived fields rebuilt."""
-        config = _apply(config, values)
+    def derive(self, base: Base, parsed: list[Override], values: list[Override]) -> DictConfig:
+        """A copy of the base's config turned into the job's: its value overrides applied and hydra's
+        override-derived fields rebuilt."""
+        config = _apply(base.config(), values)
         task = [o for o in parsed if not o.is_hydra_override()]
-        dirname = config.hydra.job.config.override_dirname
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.overrides.task = [o.input_line for o in task]
-            config.hydra.job.override_dirname = get_overrides_dirname(task, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep)
+            config.hydra.job.override_dirname = get_overrides_dirname(task, *base.dirname_settings)
         OmegaConf.copy_cache(from_config=self.master, to_config=config)
         return config
 
@@ -121,6 +120,13 @@ class Base:
 
     def config(self) -> DictConfig:
         return pickle.loads(self._config)
+
+    @functools.cached_property
+    def dirname_settings(self) -> tuple[list[str], str, str]:
+        """hydra.job.config.override_dirname's exclude_keys, item_sep and kv_sep (the same for the base's jobs:
+        the value overrides that derive them set no hydra key)."""
+        dirname = self.config().hydra.job.config.override_dirname
+        return list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep
 
     @functools.cached_property
     def values(self) -> dict | None:

@@ -162,7 +162,7 @@ class VectorizedSubmititLauncher(VectorizedLauncher):
     _EXECUTOR = "abstract"
     NAME = "vectorized_submitit"
 
-    def __init__(self, max_members: int = 64, **params: Any) -> None:
+    def __init__(self, max_members: int | None = None, **params: Any) -> None:
         super().__init__(max_members)
         self.params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in params.items()}
 
@@ -197,7 +197,7 @@ class VectorizedSubmititLauncher(VectorizedLauncher):
         from regularization.logging import write_json_atomic
 
         groups = self.plan(pending)
-        log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), self.max_members)
+        log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), max(map(len, groups), default=0))
         for k, group in enumerate(groups, start=1):
             log.info("group %d of %d:", k, len(groups))
             for job in group:
@@ -301,7 +301,7 @@ if SlurmQueueConf is not None:
     @dataclass
     class VectorizedSlurmConf(SlurmQueueConf):
         _target_: str = "hydra_plugins.regularization_launcher.submitit_groups.VectorizedSlurmLauncher"
-        max_members: int = 64  # the most jobs trained as one stacked model (one SLURM job per group)
+        max_members: int | None = None  # the most jobs trained as one stacked model (one SLURM job per group); null: as vectorized
         gpus_per_task: int | None = 1  # each group's job sees one GPU as cuda; 0 for CPU-only jobs
         cpus_per_task: int | None = 4  # also torch's thread count in each group's job
         mem_gb: int | None = 16  # memory per node, in GB
@@ -313,7 +313,7 @@ if SlurmQueueConf is not None:
     @dataclass
     class VectorizedLocalConf(LocalQueueConf):
         _target_: str = "hydra_plugins.regularization_launcher.submitit_groups.VectorizedLocalLauncher"
-        max_members: int = 64  # the most jobs trained as one stacked model (one local process per group)
+        max_members: int | None = None  # the most jobs trained as one stacked model (one local process per group); null: as vectorized
         # gpus_per_node: null (LocalQueueConf's) means every GPU this machine shows (LocalGpus, a callback)
 
     ConfigStore.instance().store(group="hydra/launcher", name="vectorized_slurm", node=VectorizedSlurmConf, provider="regularization")
