@@ -98,12 +98,12 @@ def default_members(cfg: DictConfig) -> int:
     return max(DEFAULT_MEMBERS, GROUP_PARAMETERS // parameter_count(cfg, *data_shapes(cfg)))
 
 
-def plan_groups(cfgs: list[DictConfig], max_members: int | None) -> list[list[int]]:
-    """Job indices split into compatible groups (same ``group_key``), in sweep order, of at most max_members each
-    (None: ``default_members`` of the group's model)."""
+def plan_groups(cfgs: list[DictConfig], max_members: int | None, keys: list[str] | None = None) -> list[list[int]]:
+    """Job indices split into compatible groups (same ``group_key``, or the ``keys`` given for them), in sweep order,
+    of at most max_members each (None: ``default_members`` of the group's model)."""
     by_key: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        by_key.setdefault(group_key(cfg), []).append(i)
+        by_key.setdefault(keys[i] if keys is not None else group_key(cfg), []).append(i)
     groups = []
     for idx in by_key.values():
         size = max_members or default_members(cfgs[idx[0]])

@@ -1,4 +1,4 @@
-"""The GPU claims, checked in one run on the first machine with CUDA (sized for under 5 minutes on one GPU).
+"""The GPU claims, checked in one run on the first machine with CUDA (sized for 5 minutes on one GPU, estimated).
 
 1. launchers: a 2-job λ sweep, 5 epochs, under basic, joblib, submitit_local and vectorized: every job completes,
    on the device asked for (its train.log says where it trained), and agrees with the basic launcher's numbers;
@@ -7,7 +7,11 @@
 3. trainer.deterministic: two runs with it on, two with it off; bitwise or how far apart;
 4. bench.py's rows on this device: (b) a 16-value λ sweep, basic against vectorized, (a) the chapter's epoch against
    the harness's, (d) the matmul share;
-5. an n × n dropout1 × dropout2 sweep (1 epoch; 16 × 16 on a GPU) as one vectorized group, against the jobs one after
+5. trainer.compile=true (on CUDA mode reduce-overhead, as train.py compiles there): a sweep over two dropout rates
+   under basic (compiled once: the second job's compile_s is 0) and under vectorized, each against the same run eager;
+6. trainer.precision: bf16-mixed (and 16-mixed on CUDA, basic only) against fp32 over a few seeds, basic and vectorized:
+   the seeds' mean within 3 standard errors of fp32's, the standard error from fp32's seed-to-seed spread in that run;
+7. an n × n dropout1 × dropout2 sweep (1 epoch; 16 × 16 on a GPU) as one vectorized group, against the jobs one after
    another (a few of them run under the basic launcher, extrapolated); both sides in-process training time.
 
 Prints a table and writes outputs/gpu_check/gpu_check-<time>.json after every check (a crash or a Ctrl-C leaves
@@ -37,8 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the package is next to it
@@ -59,10 +65,12 @@ SYNTHETIC_MLP = ["model=mlp", "reg=dropout_scratch", "data.n_train=2000", "data.
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet): about 20 train.py
-    processes whose start-up dominates (the launcher and resume rows are small fixed runs), plus the dropout rows'
-    Fashion-MNIST epochs (about 32 of the MLP, a 256-member group's one epoch, 8 one-epoch jobs). ``cpu`` runs the
-    same rows on a CPU, the dropout rows on synthetic data; ``tiny`` is the test suite's: the same logic, smallest."""
+    """How big each row is. ``gpu`` is sized for 5 minutes on one GPU (estimated, not timed yet: no GPU has run it):
+    about 24 train.py processes whose start-up dominates (the launcher and resume rows are small fixed runs; a few
+    seconds each), the dropout rows' Fashion-MNIST epochs (about 60 of the MLP, a 256-member group's one epoch, 8
+    one-epoch jobs: well under a second each on a GPU), and two cold compiles (tens of seconds each). ``cpu`` runs
+    the same rows on a CPU, the dropout rows on synthetic data (the compile rows' graph is the same at any MLP size);
+    ``tiny`` is the test suite's: the same logic, smallest."""
 
     launchers: tuple[str, ...] = ("basic", "joblib", "submitit_local", "vectorized")
     launcher_epochs: int = 5
@@ -74,6 +82,9 @@ class Sizes:
     deterministic: tuple[bool, ...] = (True, False)  # the repeat pairs run: with trainer.deterministic on, off
     grid: int = 16  # the dropout sweep: grid × grid jobs as one vectorized group
     basic_sample: int = 8  # of which these run under the basic launcher
+    compile_epochs: int = 1  # the compile rows: two dropout rates, compiled and eager, under basic and vectorized
+    precision_seeds: int = 3  # the precision rows: seeds 0..n-1 at fp32 and each mixed precision
+    precision_epochs: int = 1
     bench_lambdas: int = 16
     bench_epoch: bool = True  # bench (a) and (d): an epoch of the chapter's MLP, timed
     timeout_s: float = 240.0  # one train.py run
@@ -81,7 +92,16 @@ class Sizes:
 
 SIZES = {
     "gpu": Sizes(),
-    "cpu": Sizes(real_data=False, dropout_epochs=20, determinism_epochs=2, grid=8, basic_sample=4, bench_epoch=False, timeout_s=120.0),
+    "cpu": Sizes(
+        real_data=False,
+        dropout_epochs=20,
+        determinism_epochs=2,
+        precision_seeds=3,
+        grid=8,
+        basic_sample=4,
+        bench_epoch=False,
+        timeout_s=120.0,
+    ),
     "tiny": Sizes(
         launchers=("basic", "vectorized"),
         launcher_epochs=2,
@@ -91,6 +111,9 @@ SIZES = {
         dropout_epochs=20,
         determinism_epochs=1,
         deterministic=(True,),
+        compile_epochs=1,
+        precision_seeds=2,
+        precision_epochs=1,
         grid=2,
         basic_sample=2,
         bench_lambdas=2,
@@ -300,6 +323,134 @@ def check_determinism(c: Check) -> list[dict]:
     return rows
 
 
+# Compiled against eager, final metrics (FINAL), relative. Under the vectorized launcher the dropout uniforms are
+# drawn eagerly and handed to the compiled graph, so both runs apply the same masks and differ only by fp32 rounding
+# (inductor fuses and reorders the elementwise work): bitwise on the CPU (measured), and 1e-4 is the launcher row's
+# bound for two GEMM kernels. Another stream of masks from the same initial weights moves the final losses by 1.5e-4
+# to 7.6e-3 (the CPU run's MLP, 3 epochs, 8 pairs), so a compiled step that applied other masks fails it.
+COMPILED_VECTORIZED_TOL = 1e-4
+# Under the basic launcher the compiled graph draws its masks with inductor's random numbers, not eager's: the two
+# runs differ as two streams of masks do (measured on the CPU run's MLP: up to 7.9e-3 on the final losses). 5e-2
+# passes that with room; it fails a compiled step that trains otherwise (wrong gradients, a diverged or stalled
+# run), not one that draws other masks.
+COMPILED_BASIC_TOL = 5e-2
+COMPILE_RATES = ("0.2", "0.5")  # reg.dropout1's two values: non-zero, so both jobs are the same graph
+# The final metrics compared across compile and precision: what a user reads off a run. Discrete counts (sparsity:
+# one weight crossing the threshold) and wall times are not compared; test_acc only where there are classes.
+FINAL = ("train_loss", "test_loss", "test_acc", "weight_l2_norm")
+FELL_BACK = "runs eagerly from here"  # Step.restart's log line when compile gave up
+
+
+def job_value(job_dir: Path, key: str) -> Any:
+    """A job's config value, from its .hydra/config.yaml."""
+    return OmegaConf.select(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), key)
+
+
+def final_rel_diff(a: dict, b: dict) -> float:
+    """The largest relative difference |x − y| / (|y| + 1e-7) of two runs' final metrics (FINAL); inf where either
+    did not complete."""
+    if a.get("status") != "completed" or b.get("status") != "completed":
+        return math.inf
+    keys = [k for k in FINAL if isinstance(b.get(k), int | float)]
+    return max((abs(a[k] - b[k]) / (abs(b[k]) + 1e-7) if isinstance(a.get(k), int | float) else math.inf for k in keys), default=math.inf)
+
+
+def in_run_order(sweep_dir: Path) -> list[Path]:
+    """A basic sweep's jobs in the order they ran (their dirs' names sort otherwise)."""
+    return sorted(job_dirs(sweep_dir), key=lambda p: (p / "metrics.json").stat().st_mtime)
+
+
+def judge_compiled(launcher: str, sweep_dir: Path, tolerance: float) -> dict:
+    """The compile row from its sweep (two rates, compiled then eager): every job completed, compiled (compile_s > 0
+    in the first), once (under basic the second compiled job's compile_s is 0: it reused the first job's graphs),
+    without falling back to eager, its final metrics within ``tolerance`` of the eager job at the same rate."""
+    jobs = in_run_order(sweep_dir)
+    compiled = {job_value(p, "reg.dropout1"): metrics(p) for p in jobs if job_value(p, "trainer.compile")}
+    eager = {job_value(p, "reg.dropout1"): metrics(p) for p in jobs if not job_value(p, "trainer.compile")}
+    compile_s = [m.get("compile_s", math.nan) for m in compiled.values()]
+    diff = max((final_rel_diff(m, eager.get(rate, {})) for rate, m in compiled.items()), default=math.inf)
+    fell_back = any(FELL_BACK in p.read_text() for p in sweep_dir.rglob("train.log"))
+    once = len(compile_s) == len(COMPILE_RATES) and compile_s[0] > 0 and (launcher != "basic" or all(s == 0 for s in compile_s[1:]))
+    row = {"check": f"compile {launcher}", "ok": once and not fell_back and diff <= tolerance and len(eager) == len(COMPILE_RATES)}
+    row["compile_s"] = compile_s[0] if compile_s else math.nan
+    if launcher == "basic":
+        row["compile_s_second_job"] = compile_s[1] if len(compile_s) > 1 else math.nan
+    return row | {"eager_fallback": fell_back, "max_rel_diff_vs_eager": diff, "tolerance": tolerance}
+
+
+def check_compile(c: Check) -> list[dict]:
+    """trainer.compile=true against eager: two dropout rates compiled, then the same eager, in one process a launcher:
+    basic (the rates share one set of graphs: the second compiles nothing) and vectorized (a group each way).
+    train.py compiles in mode reduce-overhead on CUDA, with inductor's default mode on a CPU."""
+    rows = []
+    for launcher, tolerance in (("basic", COMPILED_BASIC_TOL), ("vectorized", COMPILED_VECTORIZED_TOL)):
+        start, sweep_dir = time.perf_counter(), c.work / "compile" / launcher
+        args = ["-m", *c.dropout_args(), f"trainer.epochs={c.sizes.compile_epochs}", "trainer.compile=true,false"]
+        args += [f"reg.dropout1={','.join(COMPILE_RATES)}", f"hydra.sweep.dir={sweep_dir}"]
+        proc = c.train([*args, "hydra/launcher=vectorized"] if launcher == "vectorized" else args)
+        row = judge_compiled(launcher, sweep_dir, tolerance)
+        row |= {"ok": row["ok"] and proc.returncode == 0, "s": time.perf_counter() - start}
+        rows.append(row | {"mode": "reduce-overhead" if c.device == "cuda" else "default"})
+        if proc.returncode != 0:
+            rows[-1]["error"] = last_error(proc)
+    return rows
+
+
+def seed_stats(values: dict[str, list[float]], precision: str) -> dict:
+    """bf16-mixed's (16-mixed's) seeds against fp32's on one metric: the gap between the means, and the bound it must
+    stay under, 3 standard errors of that difference, from fp32's seed-to-seed standard deviation σ: 3σ√(2/n)."""
+    ref, other = values["32"], values[precision]
+    sigma = statistics.stdev(ref) if len(ref) > 1 else math.nan
+    gap = abs(statistics.fmean(other) - statistics.fmean(ref)) if ref and len(other) == len(ref) else math.inf
+    return {"gap": gap, "sigma_32": sigma, "bound": 3 * sigma * math.sqrt(2 / len(ref)) if ref else math.nan}
+
+
+def judge_precision(launcher: str, sweep_dir: Path, precision: str, seeds: int) -> dict:
+    """A precision row from its sweep (seeds × precisions): every job completed; on each test metric the seeds' mean
+    at ``precision`` within 3 standard errors of fp32's (``seed_stats``); and not bitwise fp32 (autocast applied)."""
+    runs = {(job_value(p, "trainer.precision"), job_value(p, "seed")): metrics(p) for p in job_dirs(sweep_dir)}
+    done = [runs.get((p, s), {}).get("status") == "completed" for p in ("32", precision) for s in range(seeds)]
+    row: dict[str, Any] = {"check": f"precision {precision} {launcher}", "ok": False, "completed": sum(done)}
+    if not all(done):
+        return row
+    worst = 0.0
+    for key in ("test_loss", "test_acc"):
+        values = {p: [runs[p, s][key] for s in range(seeds)] for p in ("32", precision) if runs[p, 0].get(key) is not None}
+        if values:
+            stats = seed_stats(values, precision)
+            row |= {f"{key}_{k}": v for k, v in stats.items()}
+            worst = max(worst, stats["gap"] / stats["bound"] if stats["bound"] > 0 else math.inf)
+    pairs = [(runs[precision, s], runs["32", s]) for s in range(seeds)]
+    same = all(final_rel_diff(a, b) == 0 and a.get("history") == b.get("history") for a, b in pairs)
+    return row | {"ok": worst <= 1 and not same, "gap_over_bound": worst, "bitwise_fp32": same}
+
+
+def check_precision(c: Check) -> list[dict]:
+    """trainer.precision against fp32, seeds 0..n-1 of the dropout MLP, a sweep per launcher (fp32 and the mixed
+    precisions in one process). 16-mixed needs CUDA and the basic launcher; bf16-mixed on CUDA a GPU with native bf16."""
+    wanted = {"basic": ("bf16-mixed", "16-mixed"), "vectorized": ("bf16-mixed",)}
+    why_not = {"16-mixed": None if c.device == "cuda" else "16-mixed needs CUDA"}
+    if c.device == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        why_not["bf16-mixed"] = "no native bf16 on this GPU (before Ampere)"
+    seeds = c.sizes.precision_seeds
+    rows = []
+    for launcher, precisions in wanted.items():
+        start, sweep_dir = time.perf_counter(), c.work / "precision" / launcher
+        runnable = [p for p in precisions if why_not.get(p) is None]
+        args = ["-m", *c.dropout_args(), f"trainer.epochs={c.sizes.precision_epochs}", f"seed=range(0,{seeds})"]
+        args += ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
+        proc = c.train([*args, f"trainer.precision={','.join(('32', *runnable))}", f"hydra.sweep.dir={sweep_dir}"]) if runnable else None
+        for precision in precisions:
+            if precision not in runnable:
+                rows.append({"check": f"precision {precision} {launcher}", "ok": None, "s": 0.0, "why": why_not[precision]})
+                continue
+            row = judge_precision(launcher, sweep_dir, precision, seeds)
+            rows.append(row | {"ok": row["ok"] and proc.returncode == 0, "s": time.perf_counter() - start})
+            if proc.returncode != 0:
+                rows[-1]["error"] = last_error(proc)
+    return rows
+
+
 def check_bench(c: Check) -> list[dict]:
     """bench.py's rows on this device: (b) is the λ sweep, both launchers in this process after a warm-up of
     each; (a) and (d) need Fashion-MNIST."""
@@ -359,7 +510,15 @@ def check_dropout_sweep(c: Check) -> list[dict]:
     return [row | {"vectorized_train_s": together, "one_after_another_train_s_est": estimate, "speedup": estimate / together}]
 
 
-CHECKS: list[Callable[[Check], list[dict]]] = [check_launchers, check_resume, check_determinism, check_dropout_sweep, check_bench]
+CHECKS: list[Callable[[Check], list[dict]]] = [
+    check_launchers,
+    check_resume,
+    check_determinism,
+    check_compile,
+    check_precision,
+    check_dropout_sweep,
+    check_bench,
+]
 
 
 def run_check(check: Callable[[Check], list[dict]], c: Check) -> list[dict]:

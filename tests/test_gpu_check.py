@@ -4,9 +4,11 @@
 import json
 import math
 import runpy
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,11 +95,25 @@ def test_one_after_another_pays_the_warm_up_once():
     assert gpu_check["one_after_another_s"]([5.0, 1.0, 1.2, 0.8], 256) == pytest.approx(5.0 + 255 * 1.0)
 
 
-@pytest.mark.slow
-def test_the_cpu_run_end_to_end(tmp_path):
-    """``gpu_check.py --device cpu`` at the test's size: every check runs through train.py and bench.py as on a
-    GPU, the vectorized launcher agrees with the basic one, the kill lands mid-run and resumes bitwise, and the
-    JSON report holds every row."""
+def test_mixed_precision_passes_within_three_standard_errors_of_fp32():
+    """The precision rows' bound: bf16's seeds' mean within 3σ√(2/n) of fp32's, σ fp32's seed-to-seed spread."""
+    stats = gpu_check["seed_stats"]({"32": [1.0, 2.0, 3.0], "bf16-mixed": [1.1, 2.1, 3.1]}, "bf16-mixed")
+    assert stats["sigma_32"] == pytest.approx(1.0) and stats["gap"] == pytest.approx(0.1)
+    assert stats["bound"] == pytest.approx(3 * (2 / 3) ** 0.5)
+
+
+def test_final_metrics_compared_across_compile_and_precision():
+    """Compared: the final losses, accuracy and weight norm; not sparsity (a count), not the run's id or wall time."""
+    base = {"status": "completed", "train_loss": 1.0, "test_loss": 2.0, "test_acc": None, "weight_l2_norm": 4.0, "sparsity": 0.1}
+    other = base | {"test_loss": 2.02, "sparsity": 0.2, "experiment_id": "x", "compile_s": 3.0}
+    assert gpu_check["final_rel_diff"](other, base) == pytest.approx(0.01, rel=1e-5)
+    assert gpu_check["final_rel_diff"](other | {"status": "diverged"}, base) == math.inf
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``gpu_check.py --device cpu --size tiny``, as a user types it, once for the tests below."""
+    tmp_path = tmp_path_factory.mktemp("gpu_check")
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--size", "tiny", "--out", str(out)],
@@ -106,6 +122,15 @@ def test_the_cpu_run_end_to_end(tmp_path):
         text=True,
         timeout=600,
     )
+    return proc, out
+
+
+@pytest.mark.slow
+def test_the_cpu_run_end_to_end(cpu_run):
+    """``gpu_check.py --device cpu`` at the test's size: every check runs through train.py and bench.py as on a
+    GPU, the vectorized launcher agrees with the basic one, the kill lands mid-run and resumes bitwise, compile
+    compiles once and agrees with eager, bf16-mixed with fp32, and the JSON report holds every row."""
+    proc, out = cpu_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (report_path,) = out.glob("gpu_check-*.json")
     rows = {row["check"]: row for row in json.loads(report_path.read_text())["rows"]}
@@ -114,10 +139,55 @@ def test_the_cpu_run_end_to_end(tmp_path):
         "launcher vectorized",
         "kill -9 + resume weight_decay_adam",
         "deterministic=true: repeats",
+        "compile basic",
+        "compile vectorized",
+        "precision bf16-mixed basic",
+        "precision 16-mixed basic",
+        "precision bf16-mixed vectorized",
         "4-job dropout sweep",
         "bench (b) 2-value λ sweep",
     }
     assert rows["launcher vectorized"]["ok"] and rows["launcher vectorized"]["max_rel_diff_vs_basic"] <= 1e-4
     assert rows["kill -9 + resume weight_decay_adam"]["ok"] and rows["kill -9 + resume weight_decay_adam"]["killed_mid_run"]
+    basic, vectorized = rows["compile basic"], rows["compile vectorized"]
+    assert basic["ok"] and basic["compile_s"] > 0 and basic["compile_s_second_job"] == 0 and not basic["eager_fallback"]
+    assert vectorized["ok"] and vectorized["compile_s"] > 0 and vectorized["max_rel_diff_vs_eager"] <= 1e-4
+    for name in ("precision bf16-mixed basic", "precision bf16-mixed vectorized"):
+        assert rows[name]["ok"] and rows[name]["completed"] == 4 and not rows[name]["bitwise_fp32"]
+    assert rows["precision 16-mixed basic"]["ok"] is None and rows["precision 16-mixed basic"]["why"] == "16-mixed needs CUDA"
     assert rows["4-job dropout sweep"]["ok"] and rows["4-job dropout sweep"]["speedup"] > 0
     assert rows["bench (b) 2-value λ sweep"]["speedup"] > 0
+
+
+def edit_metrics(job_dir: Path, **changes) -> None:
+    path = job_dir / "metrics.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+@pytest.mark.slow
+def test_the_compile_and_precision_rows_fail_where_the_runs_do(cpu_run, tmp_path):
+    """The CPU run's own sweeps, edited: a second job that compiled again, a compiled run farther from eager than
+    the tolerance, a bf16 mean shifted by 10 fp32 standard deviations, bf16 runs equal to fp32 (no autocast): FAIL."""
+    _, out = cpu_run
+    (runs,) = (out / "runs").iterdir()
+    work = shutil.copytree(runs, tmp_path / "runs")
+    judge_compiled, sweep, tolerance = gpu_check["judge_compiled"], work / "compile" / "basic", gpu_check["COMPILED_BASIC_TOL"]
+    assert judge_compiled("basic", sweep, tolerance)["ok"]
+    assert not judge_compiled("basic", sweep, 0.0)["ok"]  # the compiled masks are inductor's random numbers: not bitwise
+    first, second = (p for p in gpu_check["in_run_order"](sweep) if gpu_check["job_value"](p, "trainer.compile"))
+    edit_metrics(second, compile_s=1.5)  # the second rate compiled its own graphs
+    assert not judge_compiled("basic", sweep, tolerance)["ok"]
+
+    judge, sweep = gpu_check["judge_precision"], work / "precision" / "basic"
+    assert judge("basic", sweep, "bf16-mixed", 2)["ok"]
+    jobs = {(gpu_check["job_value"](p, "trainer.precision"), gpu_check["job_value"](p, "seed")): p for p in gpu_check["job_dirs"](sweep)}
+    fp32 = [gpu_check["metrics"](jobs["32", s]) for s in range(2)]
+    sigma = abs(fp32[0]["test_loss"] - fp32[1]["test_loss"]) / 2**0.5
+    shifted = shutil.copytree(sweep, tmp_path / "shifted")
+    for s in range(2):
+        edit_metrics(shifted / jobs["bf16-mixed", s].name, test_loss=fp32[s]["test_loss"] + 10 * sigma)
+    assert not judge("basic", shifted, "bf16-mixed", 2)["ok"]
+    for s in range(2):
+        (jobs["bf16-mixed", s] / "metrics.json").write_text((jobs["32", s] / "metrics.json").read_text())
+    row = judge("basic", sweep, "bf16-mixed", 2)
+    assert not row["ok"] and row["bitwise_fp32"]

@@ -494,3 +494,14 @@ def test_validation_split_members_equal_single_runs_on_classification(make_cfg, 
         assert_same_run(g, single(make_cfg, m))
     assert [g["stopped_epoch"] for g in got] == [3, None]
     assert got[0]["val_acc"] is not None and got[0]["test_acc_at_best_val"] is not None
+
+
+def test_a_sweep_groups_its_jobs_by_what_they_share_not_by_their_base(tmp_path):
+    """Jobs derived from one base by values alone: those that set only stackable keys share a group (their group key
+    is made once for the base), a swept batch size splits them, and so does a key that interpolates a stacked one."""
+    sweep = ["-m", "reg.lambd=0,1", "data.batch_size=4,5", "trainer.epochs=1", "hydra/launcher=vectorized"]
+    proc = run_train(sweep, cwd=tmp_path)
+    assert "Launching 4 jobs as 2 vectorized group(s) of at most 2" in proc.stdout + proc.stderr
+    tied = ["-m", "seed=1,2", "trainer.epochs=${seed}", "hydra/launcher=vectorized"]
+    proc = run_train(tied, cwd=tmp_path)
+    assert "Launching 2 jobs as 2 vectorized group(s) of at most 1" in proc.stdout + proc.stderr

@@ -158,9 +158,21 @@ class VectorizedLauncher(Launcher):
     def plan(self, pending: list[Job]) -> list[list[Job]]:
         """The pending jobs as groups (``vectorized.plan_groups``); a group checkpoint that does not fit its group
         stops the sweep here, before any group trains."""
-        from regularization.vectorized import group_checkpoint, plan_groups
+        from regularization.vectorized import STACKABLE, group_checkpoint, group_key, plan_groups
 
-        groups = [[pending[i] for i in members] for members in plan_groups([job.task_cfg for job in pending], self.max_members)]
+        by_base: dict[int, str] = {}
+
+        def key(job: Job) -> str:
+            """``group_key``, once per base for the jobs that set only stackable keys of a base without interpolations
+            (their configs without the stackable keys are the base's: a config's conversion took 1 ms a job)."""
+            if job.base.values is None or not set(job.keys) <= set(STACKABLE):
+                return group_key(job.task_cfg)
+            if id(job.base) not in by_base:
+                by_base[id(job.base)] = group_key(job.task_cfg)
+            return by_base[id(job.base)]
+
+        keys = [key(job) for job in pending]
+        groups = [[pending[i] for i in members] for members in plan_groups([job.task_cfg for job in pending], self.max_members, keys)]
         for group in groups:
             group_checkpoint([job.task_cfg for job in group], [job.out_dir for job in group], mmap=True)
         return groups
