@@ -1,5 +1,5 @@
-# `make run`: set up .venv if missing and run the chapter's comparison. `make test`: the whole suite, skipping (and
-# naming) the tests that need the real Fashion-MNIST or a SLURM cluster; `make test-all`: nothing skipped.
+# `make run`: set up .venv if missing and run the chapter's comparison. `make test`: the whole suite on 2 cores,
+# skipping (and naming) the tests that need the real Fashion-MNIST or a SLURM cluster; `make test-all`: nothing skipped.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,8 +30,10 @@ data:
 	else echo "No Fashion-MNIST copy found in $(SHARED_DATA) or $(DEBIAN_DATA)"; exit 1; fi
 	cd data/FashionMNIST/raw && for f in *.gz; do [ -f "$${f%.gz}" ] || gunzip -k "$$f"; done
 
+# Two pytest-xdist workers, one per core of the 2-core machines the suite is timed on (tests/conftest.py gives each
+# one torch thread); --dist loadgroup keeps each xdist_group's tests in one worker (the SLURM ones, say).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # make test with the real Fashion-MNIST (make data) and a one-node SLURM cluster on this machine (as root), stopped
 # at the end; REQUIRE_*: a test that would skip for want of either fails instead.

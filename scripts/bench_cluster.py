@@ -6,6 +6,8 @@ commands, alternated ``--repeats`` times; the median of each is reported:
 (a) the 64-value λ sweep (weight decay, 100 epochs), 2 groups of 32;
 (b) the 4×4 dropout1 × dropout2 grid on Fashion-MNIST (2 epochs), 2 groups of 8.
 
+``--quick`` runs the same commands, smallest (the test suite's): 16 λ values, a 2×2 grid of 1 epoch on 6,000 images.
+
 Needs a SLURM cluster (SLURM_CONF; `eval "$(scripts/slurm_local.sh start)"`) and, for (b), data/FashionMNIST.
 The SLURM jobs get 1 CPU each (the 2 groups run side by side); the in-process launcher has every core.
 """
@@ -35,6 +37,18 @@ SWEEPS = {
         "reg.dropout2=0,0.2,0.5,0.8",
         "trainer.epochs=2",
         "hydra.launcher.max_members=8",
+    ],
+}
+QUICK = {
+    "lambda_64": ["+experiment=weight_decay", "reg.lambd=range(0,10,0.625)", "hydra.launcher.max_members=8"],
+    "dropout_4x4": [
+        "+experiment=dropout",
+        "reg.dropout1=0,0.5",
+        "reg.dropout2=0,0.5",
+        "trainer.epochs=1",
+        "data.n_train=6000",
+        "data.n_test=1000",
+        "hydra.launcher.max_members=2",
     ],
 }
 LAUNCHERS = {
@@ -67,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--quick", action="store_true", help="16 λ values, a 2×2 dropout grid of 1 epoch on 6,000 images")
     args = parser.parse_args()
+    sweeps = QUICK if args.quick else SWEEPS
     if not os.environ.get("SLURM_CONF"):
         sys.exit('SLURM_CONF is not set: eval "$(scripts/slurm_local.sh start)" first')
     rows = {}
@@ -77,7 +93,7 @@ def main() -> None:
             groups: dict[str, list[list[float]]] = {launcher: [] for launcher in LAUNCHERS}
             for r in range(args.repeats):
                 for launcher, extra in LAUNCHERS.items():
-                    elapsed, group_walls = wall([*SWEEPS[name], *extra], Path(tmp) / f"{name}-{launcher}-{r}")
+                    elapsed, group_walls = wall([*sweeps[name], *extra], Path(tmp) / f"{name}-{launcher}-{r}")
                     times[launcher].append(elapsed)
                     groups[launcher].append(group_walls)
             median = {launcher: statistics.median(t) for launcher, t in times.items()}
@@ -90,7 +106,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    print(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

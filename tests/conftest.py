@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +29,30 @@ import regularization  # noqa: F401  (registers the config schemas)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 REAL_DATA = ROOT / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one pytest-xdist worker per core: each worker, and every train.py its tests start,
+    # trains on one torch thread, or the workers' threads would take turns on the cores and each run slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+# Tests that signal a train.py running in the background (Run) once it reaches a point: in make test's xdist workers,
+# one at a time, so that two of them do not slow each other's runs and pollers.
+ONE_AT_A_TIME = pytest.mark.xdist_group("signals")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that must not run beside each other share an xdist_group (`--dist loadgroup` runs a group's tests in one
+    worker, one after another): those that submit to the SLURM cluster (one queue, and slurm_cluster cancels every
+    job of the user when a test ends), and ONE_AT_A_TIME's. In an xdist worker, the slow tests come first, so that the
+    workers end together rather than one waiting for the other's last long test."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:

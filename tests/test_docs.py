@@ -214,7 +214,7 @@ UNFILLABLE = re.compile(r"<[^<>]*>|\.\.\.|…|\[-")
 # set), 2 trials of a search.
 FASHION_IMAGES = 500
 SEARCH_TRIALS = 2
-SHRINK_CLUSTER_BENCH = ["--repeats", "1"]
+SHRINK_CLUSTER_BENCH = ["--repeats", "1", "--quick"]
 RUN_DIR_NAME = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+")
 
 
@@ -418,19 +418,30 @@ def units(commands: list[dc.DocCommand]) -> list[list[dc.DocCommand]]:
 
 
 class DocRuns:
-    """The documented commands that this session's selected tests check, run 2 at a time as soon as asked for once."""
+    """The documented commands that this session's selected tests check. In one pytest process, all of them start when
+    the first is asked for, 2 at a time. In an xdist worker, which runs only some of the tests (each unit's tests
+    together: they share an xdist_group), a unit runs when its first test asks for it, and no other beside it."""
 
-    def __init__(self, commands: list[dc.DocCommand], tmp: Path) -> None:
-        data = REAL_DATA if (REAL_DATA / "FashionMNIST" / "raw").is_dir() else None
-        self.plans = {dc.normalized(c): plan(c) for u in units(commands) for c in u}
-        self.pool = ThreadPoolExecutor(max_workers=2)
+    def __init__(self, commands: list[dc.DocCommand], tmp: Path, ahead: bool) -> None:
+        self.data = REAL_DATA if (REAL_DATA / "FashionMNIST" / "raw").is_dir() else None
+        self.units = units(commands)
+        self.plans = {dc.normalized(c): plan(c) for u in self.units for c in u}
+        self.tmp = tmp
+        self.pool = ThreadPoolExecutor(max_workers=2 if ahead else 1)
         self.futures: dict[str, Future] = {}
-        for i, unit in enumerate(units(commands)):
-            future = self.pool.submit(run_unit, [self.plans[dc.normalized(c)] for c in unit], tmp / f"unit{i}", data)
-            self.futures |= {dc.normalized(c): future for c in unit}
+        if ahead:
+            for unit in self.units:
+                self.start(unit)
+
+    def start(self, unit: list[dc.DocCommand]) -> None:
+        i = self.units.index(unit)
+        future = self.pool.submit(run_unit, [self.plans[dc.normalized(c)] for c in unit], self.tmp / f"unit{i}", self.data)
+        self.futures |= {dc.normalized(c): future for c in unit}
 
     def outcome(self, cmd: dc.DocCommand) -> tuple[Plan, dc.Outcome]:
         key = dc.normalized(cmd)
+        if key not in self.futures:
+            self.start(next(u for u in self.units if key in {dc.normalized(c) for c in u}))
         return self.plans[key], self.futures[key].result()[key]
 
 
@@ -448,7 +459,7 @@ def doc_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         for item in request.session.items
         if item.originalname == "test_documented_command_runs_as_written"
     ]
-    runs = DocRuns(selected, tmp_path_factory.mktemp("docs"))
+    runs = DocRuns(selected, tmp_path_factory.mktemp("docs"), ahead="PYTEST_XDIST_WORKER" not in os.environ)
     yield runs
     runs.pool.shutdown(cancel_futures=True)
 
@@ -462,8 +473,12 @@ def places(cmd: dc.DocCommand) -> str:
     return ", ".join(c.where for c in COMMANDS if dc.normalized(c) == dc.normalized(cmd))
 
 
+# Under xdist (make test), each unit's commands in one worker, in page order: a command runs in the dir of the sweeps it names.
+UNIT = {dc.normalized(c): f"docs-unit{i}" for i, unit in enumerate(units(list(LOCAL.values()))) for c in unit}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cmd", LOCAL.values(), ids=command_id)
+@pytest.mark.parametrize("cmd", [pytest.param(c, marks=pytest.mark.xdist_group(UNIT[k])) for k, c in LOCAL.items()], ids=command_id)
 def test_documented_command_runs_as_written(cmd: dc.DocCommand, doc_runs: DocRuns) -> None:
     """The command, as written plus the overrides that shrink it, in a fresh working dir: it exits 0 and does what
     the text beside it says (the dirs and files it names, the jobs of its sweep, its claims in CLAIMS)."""

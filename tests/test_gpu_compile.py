@@ -64,7 +64,10 @@ def test_jobs_whose_graphs_fill_dynamos_cache_start_it_afresh(graphs, caplog):
     steps = [step_of(Scaled(rate)) for rate in (0.1, 0.2, 0.3, 0.4)]
     for step in steps:
         step.backward(step.loss(X, y))
-    assert len(graphs) == 4 and all(s.compiled and s.compile_s > 0 for s in steps) and "recompile limit" not in caplog.text
+    # No warning that it runs eagerly; the fresh start's info line is captured too when an earlier test of this process
+    # (an xdist worker's order) left logging at INFO.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(graphs) == 4 and all(s.compiled and s.compile_s > 0 for s in steps) and not any("recompile limit" in w for w in warnings)
 
 
 def test_past_the_recompile_limit_the_step_says_it_runs_eagerly(graphs, caplog):

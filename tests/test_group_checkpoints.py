@@ -13,7 +13,7 @@ import torch
 from regularization.checkpoint import GROUP_CHECKPOINT
 from regularization.config import ConfigError
 from regularization.vectorized import group_checkpoint, train_group
-from tests.conftest import Run, run_train, wait_for
+from tests.conftest import ONE_AT_A_TIME, Run, run_train, wait_for
 from tests.test_reliability import final_metrics, steps
 
 CPU = torch.device("cpu")
@@ -23,6 +23,7 @@ def group_dirs(sweep: Path) -> list[Path]:
     return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 def test_sigkill_mid_group_then_rerun_is_bitwise_an_uninterrupted_group(tmp_path: Path, tiny_fashion_root: Path) -> None:
     """Four members in one group: two dropout rates × a sane and a diverging learning rate (the diverged members'

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from regularization.checkpoint import CHECKPOINT, GROUP_CHECKPOINT, checkpoint_epoch
 from regularization.config import ConfigError
 from regularization.engine import preflight, train
-from tests.conftest import ROOT, Run, run_train, wait_for
+from tests.conftest import ONE_AT_A_TIME, ROOT, Run, run_train, wait_for
 
 
 def final_metrics(job_dir: Path) -> dict:
@@ -42,6 +42,7 @@ def dropout_tiny(root: Path) -> list[str]:
     return ["+experiment=dropout", f"data.root={root}", "data.batch_size=32", "trainer.epochs=150", "trainer.eval_every=5", EVERY_EPOCH]
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["weight_decay_adam", "dropout_mlp", "dropout_mlp_bf16"])
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, tiny_fashion_root, case):
@@ -70,6 +71,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
     assert steps(killed) == expected  # the event file continues without duplicate steps
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     job = tmp_path / "job"
@@ -94,6 +96,7 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
     assert "resuming from" in resumed.stdout and json.loads((job / "metrics.json").read_text())["status"] == "completed"
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp_path):
     sweep = tmp_path / "sweep"
@@ -145,6 +148,7 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path, tiny_fashion_root):
     assert "1 of 2 jobs failed" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
@@ -369,6 +373,7 @@ def test_the_resume_hint_repeats_the_interpreter_as_typed(make_cfg, monkeypatch)
     assert parse_override(command[-1]).value() == str(run_dir)
 
 
+@ONE_AT_A_TIME
 @pytest.mark.slow
 # Not before ~1 s: a Ctrl-C inside the interpreter's own start-up (site, encodings), before train.py runs, is
 # Python's to report (exit 1), and a busy machine can stretch that start-up to a few tenths of a second.
