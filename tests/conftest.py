@@ -126,7 +126,7 @@ def slurm_missing() -> str | None:
     if shutil.which("sbatch") is None:
         return "sbatch is not on PATH (apt-get install slurm-wlm munge)"
     if not os.environ.get("SLURM_CONF"):
-        return 'SLURM_CONF is not set (`make test-all` runs the suite on a local cluster, as root)'
+        return "SLURM_CONF is not set (`make test-all` runs the suite on a local cluster, as root)"
     sinfo = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     # Up: idle, partly or fully allocated, completing, or planned (the backfill scheduler has reserved it for a
     # pending job, as an earlier test's job can leave it for a moment).

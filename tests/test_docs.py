@@ -455,9 +455,7 @@ for _cmd in COMMANDS:
 @pytest.fixture(scope="session")
 def doc_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocRuns]:
     selected = [
-        item.callspec.params["cmd"]
-        for item in request.session.items
-        if item.originalname == "test_documented_command_runs_as_written"
+        item.callspec.params["cmd"] for item in request.session.items if item.originalname == "test_documented_command_runs_as_written"
     ]
     runs = DocRuns(selected, tmp_path_factory.mktemp("docs"), ahead="PYTEST_XDIST_WORKER" not in os.environ)
     yield runs
