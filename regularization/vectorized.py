@@ -528,14 +528,14 @@ def fit_group(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     position: SweepPosition = SINGLE_GROUP,
-    members: str | None = None,
+    members: str = "",
 ) -> list[dict]:
     """engine.fit for K compatible jobs at once; returns each member's result (metrics.json without wall_s).
 
     Given a path, a group checkpoint is saved after each epoch the cadence (``CheckpointCadence``) asks for;
     ``resume_from`` (a loaded one) continues exactly where it stopped. ``elapsed()``: the group's wall time so far.
-    ``position``: where the group stands in its sweep, for its progress lines and bar. ``members``: the checkpoint's
-    ``group_members`` (None: made from cfgs).
+    ``position``: where the group stands in its sweep, for its progress lines and bar. ``members``: what identifies the
+    group's checkpoint (``group_members``; train_group makes it with the members' experiment ids).
     """
     set_deterministic(cfgs[0].trainer.deterministic)  # not stackable: the same for every member
     set_matmul_precision(cfgs[0].trainer.matmul_precision)  # nor this
@@ -616,7 +616,7 @@ def fit_members(
     resume_from: dict | None = None,
     elapsed: Callable[[], float] = lambda: 0.0,
     progress: GroupProgress | None = None,
-    members: str | None = None,
+    members: str = "",
 ) -> list[dict]:
     first, K, device = cfgs[0], len(cfgs), net.weights[0].device
     params = net.parameters()
@@ -648,8 +648,6 @@ def fit_members(
             if result["status"] == "completed":
                 result["epochs"] = epochs  # a group resumed to more epochs than it was started with
     cadence = CheckpointCadence.of(first.trainer)
-    if checkpoint is not None and members is None:
-        members = group_members([experiment_config(c) for c in cfgs])
     for epoch in range(done + 1, epochs + 1):
         if not bool(active.any()):
             break
