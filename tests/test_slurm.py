@@ -199,3 +199,62 @@ def test_vectorized_local_equals_the_in_process_launcher(tmp_path: Path) -> None
     assert _artifacts(sweeps["vectorized_local"]) == expected
     for job in expected:
         assert (sweeps["vectorized_local"] / job / "train.log").read_text().count("epoch 5/5") == 1
+
+
+class _SubmittedJob:
+    """What VectorizedSlurmLauncher.wait reads of submitit's job: its id, whether its result is there, its log."""
+
+    def __init__(self, log: Path, done_after: int | None) -> None:
+        self.job_id, self.paths, self.calls, self.done_after = "12", type("Paths", (), {"stderr": log}), 0, done_after
+
+    def done(self) -> bool:
+        self.calls += 1
+        return self.done_after is not None and self.calls > self.done_after
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, squeue_answers: list[str], show: str) -> None:
+    """squeue answers in turn (then the last again): 'RUNNING' (listed), '' (not listed), or 'error: MESSAGE' (exit 1);
+    scontrol prints `show`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "answers").write_text("\n".join(squeue_answers) + "\n")
+    (bin_dir / "squeue").write_text(
+        f"#!/bin/sh\nf={tmp_path}/answers\nline=$(head -n1 $f)\n[ $(wc -l < $f) -gt 1 ] && sed -i 1d $f\n"
+        'case "$line" in error:*) echo "slurm_load_jobs $line" >&2; exit 1;; esac\n[ -n "$line" ] && echo "$line"\nexit 0\n'
+    )
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho '{show}'\n")
+    for tool in ("squeue", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+
+
+def test_a_busy_controller_is_not_a_dead_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue failing for a moment (the controller busy, as under CI's load) or missing the job once must not fail
+    the group: the launcher asks again, and waits for the result."""
+    from hydra_plugins.regularization_launcher.submitit_groups import VectorizedSlurmLauncher, queued
+
+    answers = ["error: Socket timed out on send/recv operation", "", "RUNNING", "error: Unable to contact slurm controller"]
+    _fake_slurm(tmp_path, monkeypatch, answers * 2, "JobId=12 JobState=RUNNING")
+    assert [queued("12") for _ in answers] == [None, False, True, None]
+    job = _SubmittedJob(tmp_path / "12_0_log.err", done_after=6)
+    VectorizedSlurmLauncher.wait(None, job)  # returns: no UncompletedJobError
+    assert job.calls == 7
+
+
+def test_a_job_gone_without_a_result_says_how_it_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.regularization_launcher.submitit_groups import VectorizedSlurmLauncher, queued
+
+    _fake_slurm(
+        tmp_path,
+        monkeypatch,
+        ["RUNNING", "", "error: Invalid job id specified"],
+        "JobId=12 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0",
+    )
+    (tmp_path / "12_0_log.err").write_text("srun: error: task 0 launch failed\nsrun: error: Out of memory\n\n")
+    with pytest.raises(UncompletedJobError, match="SLURM job 12 ended without a result") as raised:
+        VectorizedSlurmLauncher.wait(None, _SubmittedJob(tmp_path / "12_0_log.err", done_after=None))
+    assert str(raised.value).endswith("(JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0; its log ends: srun: error: Out of memory)")
+    assert queued("12") is False  # a job SLURM has forgotten

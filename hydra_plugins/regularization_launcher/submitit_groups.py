@@ -264,22 +264,43 @@ class VectorizedSlurmLauncher(VectorizedSubmititLauncher):
     def wait(self, submitted_job: Any) -> None:
         """Until the job has written its result, or SLURM no longer lists it (it died without one). submitit
         asks sacct, which a cluster without accounting (scripts/slurm_local.sh's) cannot answer: alone it would
-        wait forever for a cancelled job."""
+        wait forever for a cancelled job. A job is taken for gone only when squeue answers, twice, without it;
+        an squeue that fails (a busy controller) is asked again."""
         from submitit.core.utils import UncompletedJobError
 
+        job_id = str(submitted_job.job_id)
         while not submitted_job.done():
-            if not queued(str(submitted_job.job_id)):
+            if queued(job_id) is False:
                 time.sleep(2)  # a result written just before the job left the queue (on a shared file system: later)
                 if submitted_job.done():
                     return
-                raise UncompletedJobError(f"SLURM job {submitted_job.job_id} ended without a result (cancelled, killed or out of time)")
+                if queued(job_id) is False:
+                    raise UncompletedJobError(
+                        f"SLURM job {job_id} ended without a result ({ended_how(job_id, submitted_job.paths.stderr)})"
+                    )
             time.sleep(1)
 
 
-def queued(job_id: str) -> bool:
-    """Whether SLURM still lists the job (pending, running, requeued or completing)."""
+def queued(job_id: str) -> bool | None:
+    """Whether SLURM still lists the job (pending, running, requeued or completing); None when squeue cannot say
+    (the controller busy or out of reach). A job SLURM has already forgotten is not listed: "Invalid job id"."""
     squeue = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return squeue.returncode == 0 and bool(squeue.stdout.strip())
+    if squeue.returncode == 0:
+        return bool(squeue.stdout.strip())
+    return False if "Invalid job id" in squeue.stderr else None
+
+
+def ended_how(job_id: str, stderr_log: Path) -> str:
+    """How SLURM says the job ended (its state, reason and exit code, while the controller remembers it) and the
+    last line of its stderr log: what a user needs to tell a cancel from a crash or a node failure."""
+    show = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    fields = dict(f.split("=", 1) for f in show.split() if "=" in f)
+    state = " ".join(f"{k}={fields[k]}" for k in ("JobState", "Reason", "ExitCode") if k in fields) or "cancelled, killed or out of time"
+    try:
+        lines = [line.strip() for line in Path(stderr_log).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return f"{state}; its log ends: {lines[-1]}" if lines else state
 
 
 class VectorizedLocalLauncher(VectorizedSubmititLauncher):
