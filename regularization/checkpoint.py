@@ -66,8 +66,9 @@ OMITTED_AT_DEFAULT = {
 }
 
 
-def experiment_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config that defines the experiment: a checkpoint only resumes the same one."""
+def experiment_config(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The config that defines the experiment: a checkpoint only resumes the same one. ``cfg``: a task config, or its
+    values as plain data (``config_without``)."""
     config = config_without(cfg, RESUMABLE_KEYS)
     for key, default in OMITTED_AT_DEFAULT.items():
         *parents, leaf = key.split(".")
@@ -289,10 +290,11 @@ def save_group_checkpoint(path: Path, state: dict[str, Any], members: str, devic
         torch.save(state, f)
 
 
-def load_group_checkpoint(path: Path, cfgs: list[DictConfig], mmap: bool = False) -> dict[str, Any]:
-    """The group checkpoint at path, if it was written for exactly these members (in this order), else ConfigError."""
+def load_group_checkpoint(path: Path, cfgs: list[DictConfig], mmap: bool = False, experiments: list[dict] | None = None) -> dict[str, Any]:
+    """The group checkpoint at path, if it was written for exactly these members (in this order: their
+    ``experiment_config``s, made from ``cfgs`` unless given), else ConfigError."""
     state = read_checkpoint(path, GROUP_FORMAT, mmap)
-    theirs, ours = json.loads(state["members"]), [experiment_config(cfg) for cfg in cfgs]
+    theirs, ours = json.loads(state["members"]), experiments or [experiment_config(cfg) for cfg in cfgs]
     if theirs != ours:
         raise ConfigError(
             f"Invalid checkpoint: {path} was written for another vectorized group ({_group_diff(theirs, ours)}). {GROUP_REMEDY}"

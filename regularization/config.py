@@ -239,9 +239,10 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The job's config as plain data (hydra's node dropped), without the given dotted keys."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+def config_without(cfg: DictConfig | dict, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The job's config as plain data (hydra's node dropped), without the given dotted keys. ``cfg`` may be the plain
+    data already (resolved, enums kept: ``Base.view``'s), which is copied as ``OmegaConf.to_container`` converts."""
+    container = _enum_names(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("hydra", None)
     for key in keys:
         *parents, leaf = key.split(".")
@@ -250,6 +251,15 @@ def config_without(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
             node = node.get(parent, {})
         node.pop(leaf, None)
     return container
+
+
+def _enum_names(value: Any) -> Any:
+    """A copy of plain nested data with each enum as its name (``to_container(enum_to_str=True)``'s conversion)."""
+    if isinstance(value, dict):
+        return {k: _enum_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_enum_names(v) for v in value]
+    return value.name if isinstance(value, Enum) else value
 
 
 def _require(ok: bool, key: str, message: str) -> None:

@@ -15,7 +15,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -245,7 +245,7 @@ class EventFile:
 
 def _hparam_value(node: Any) -> HParam | None:
     """A config value as TensorBoard stores it: a group by its preset's ``name``, an enum by its value."""
-    if isinstance(node, DictConfig):
+    if isinstance(node, (DictConfig, dict)):
         node = node.get("name")
     if isinstance(node, Enum):
         node = node.value
@@ -293,17 +293,32 @@ def run_hparams(cfg: DictConfig, hydra: DictConfig | None = None) -> dict[str, H
     command line that is not in the config (``+experiment=weight_decay``) keeps its override's value.
     Keys that ``override_dirname`` leaves out (device, data.root, ...) stay out here too.
     """
-    values = {key: _hparam_value(OmegaConf.select(cfg, key, default=None)) for key in HPARAM_KEYS}
     if hydra is None and HydraConfig.initialized():
         hydra = HydraConfig.get()
-    if hydra is not None:
-        excluded = set(hydra.job.config.override_dirname.exclude_keys)
-        for override in map(parse_override, hydra.overrides.task):
-            key = override.key_or_group
-            if key in excluded or override.is_delete():
-                continue
-            value = _hparam_value(OmegaConf.select(cfg, key, default=None))
-            values[key] = value if value is not None else override.get_value_element_as_str()
+    if hydra is None:
+        return hparams_of(cfg, [], set())
+    return hparams_of(cfg, hydra.overrides.task, set(hydra.job.config.override_dirname.exclude_keys))
+
+
+def hparams_of(cfg: DictConfig | dict, overrides: Iterable[str], excluded: set[str]) -> dict[str, HParam]:
+    """``run_hparams`` from the job's task overrides and override_dirname's exclude_keys; ``cfg`` may be the job's
+    values as plain data (resolved, enums kept), which the vectorized launcher has for each job."""
+
+    def select(key: str) -> Any:
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.select(cfg, key, default=None)
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    values = {key: _hparam_value(select(key)) for key in HPARAM_KEYS}
+    for override in map(parse_override, overrides):
+        key = override.key_or_group
+        if key in excluded or override.is_delete():
+            continue
+        value = _hparam_value(select(key))
+        values[key] = value if value is not None else override.get_value_element_as_str()
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -341,27 +356,38 @@ def job_log(hydra: DictConfig | None) -> JobLog | None:
     """The log file that ``hydra.job_logging`` gives a job (its ``logging.FileHandler``'s file and formatter),
     for a job whose lines don't pass through Hydra's logging: a member of a vectorized group. None when the
     job logging writes no file (``hydra/job_logging=disabled``, say), as then a job run alone gets none."""
+    handler = _file_handler(hydra)
+    return JobLog(Path(handler[1].filename), handler[2]) if handler is not None else None
+
+
+def job_log_template(hydra: DictConfig | None) -> tuple[Any, logging.Formatter] | None:
+    """``job_log``'s file name as the config holds it (interpolations unresolved: ``${hydra.runtime.output_dir}/...``)
+    and its formatter, or None."""
+    handler = _file_handler(hydra)
+    return (handler[1]._get_node("filename")._value(), handler[2]) if handler is not None else None
+
+
+def _file_handler(hydra: DictConfig | None) -> tuple[str, DictConfig, logging.Formatter] | None:
+    """The job logging's first ``logging.FileHandler``: its name, its config, and its formatter."""
     config = hydra.get("job_logging") if hydra is not None else None
-    for handler in (config.get("handlers") or {}).values() if config else ():
+    for name, handler in (config.get("handlers") or {}).items() if config else ():
         if handler.get("class") == "logging.FileHandler":
             fmt = config.get("formatters", {}).get(handler.get("formatter"), {})
-            return JobLog(Path(handler.filename), logging.Formatter(fmt.get("format"), fmt.get("datefmt")))
+            return name, handler, logging.Formatter(fmt.get("format"), fmt.get("datefmt"))
     return None
 
 
 def job_logs(hydras: list[DictConfig | None]) -> list[JobLog | None]:
     """``job_log`` of each job of a group: looked up in full for the first, then, for jobs whose file handler sits
     where the first's does, only its file name (the rest is the sweep's: looking up each job's took 0.5 ms)."""
-    first = job_log(hydras[0])
-    config = hydras[0].get("job_logging") if first is not None and hydras[0] is not None else None
-    name = next((n for n, h in config.handlers.items() if h.get("class") == "logging.FileHandler"), None) if config else None
-    if name is None:
+    first = _file_handler(hydras[0])
+    if first is None:
         return [job_log(hydra) for hydra in hydras]
-    logs: list[JobLog | None] = [first]
-    for hydra in hydras[1:]:
-        handler = OmegaConf.select(hydra, f"job_logging.handlers.{name}", default=None)
+    logs: list[JobLog | None] = []
+    for hydra in hydras:
+        handler = OmegaConf.select(hydra, f"job_logging.handlers.{first[0]}", default=None)
         same = handler is not None and handler.get("class") == "logging.FileHandler"
-        logs.append(JobLog(Path(handler.filename), first.formatter) if same else job_log(hydra))
+        logs.append(JobLog(Path(handler.filename), first[2]) if same else job_log(hydra))
     return logs
 
 

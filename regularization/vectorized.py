@@ -63,7 +63,17 @@ from regularization.gpu import (
     reset_peak_memory,
     sticky_cuda_error,
 )
-from regularization.logging import RunLogger, job_logs, json_text, log, run_hparams, saved_hydra_config, write_texts_atomic
+from regularization.logging import (
+    HParam,
+    JobLog,
+    RunLogger,
+    job_logs,
+    json_text,
+    log,
+    run_hparams,
+    saved_hydra_config,
+    write_texts_atomic,
+)
 from regularization.models import build_model, parameter_count
 from regularization.progress import SINGLE_GROUP, GroupProgress, SweepPosition, progress_enabled
 from regularization.regularizers import IN_LOSS
@@ -719,8 +729,11 @@ def stop_members(state: GroupState, net: StackedNet, evaluated: list[dict], fini
         state.active &= ~stopping
 
 
-def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = False) -> tuple[Path, dict | None]:
+def group_checkpoint(
+    cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = False, experiments: list[dict] | None = None
+) -> tuple[Path, dict | None]:
     """Where the group keeps its checkpoint (the first member's dir) and, with ``resume``, the checkpoint there (or None).
+    ``experiments``: the members' experiment configs, if already made.
 
     ConfigError, before anything trains, for a checkpoint written for other members, at an epoch past
     trainer.epochs, or left in another member's dir by a group that held these jobs differently.
@@ -737,10 +750,27 @@ def group_checkpoint(cfgs: list[DictConfig], out_dirs: list[Path], mmap: bool = 
             )
     if not path.exists():
         return path, None
-    saved = load_group_checkpoint(path, cfgs, mmap)
+    saved = load_group_checkpoint(path, cfgs, mmap, experiments)
     if saved["epoch"] > cfgs[0].trainer.epochs:
         raise ConfigError(f"Invalid config: trainer.epochs: {path} is at epoch {saved['epoch']}, past {cfgs[0].trainer.epochs}")
     return path, saved
+
+
+@dataclass
+class Member:
+    """What a group makes of a job's config besides training it: its experiment config (the group checkpoint's
+    identity, metrics.json's experiment_id), its HParams row, and its job log (None: the job logging writes no file).
+    The vectorized launcher makes them from plain values, once per base (``Job.member``); ``members_of`` from configs."""
+
+    experiment: dict
+    hparams: dict[str, HParam]
+    log: JobLog | None
+
+
+def members_of(cfgs: list[DictConfig], hydra_cfgs: list[DictConfig | None]) -> list[Member]:
+    """Each job's ``Member`` from its task config and hydra node (about 1 ms a job)."""
+    logs = job_logs(hydra_cfgs)
+    return [Member(experiment_config(c), run_hparams(c, h), jl) for c, h, jl in zip(cfgs, hydra_cfgs, logs, strict=True)]
 
 
 def train_group(
@@ -749,6 +779,7 @@ def train_group(
     device: torch.device,
     hydra_cfgs: list[DictConfig] | None = None,
     position: SweepPosition = SINGLE_GROUP,
+    members: list[Member] | None = None,
 ) -> list[float]:
     """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
     member's final ``optimize_metric`` (NaN unless it completed).
@@ -759,23 +790,24 @@ def train_group(
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as
     engine.run marks a failed job; at Ctrl-C every member is marked interrupted, the group checkpoint
     (``group_checkpoint``: in the first member's dir) stands, and the process exits 130. ``position``: where the
-    group stands in its sweep, for the progress lines.
+    group stands in its sweep, for the progress lines. ``members``: each job's ``Member``, made from ``cfgs`` and
+    ``hydra_cfgs`` when not given.
     """
-    checkpoint, resume_from = group_checkpoint(cfgs, out_dirs)
     hydra_cfgs = hydra_cfgs or [saved_hydra_config(d) for d in out_dirs]
-    logs = job_logs(hydra_cfgs)
-    for k, member_log in enumerate(logs):
-        if member_log is not None:
-            member_log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
+    members = members or members_of(cfgs, hydra_cfgs)
+    experiments = [m.experiment for m in members]
+    checkpoint, resume_from = group_checkpoint(cfgs, out_dirs, experiments=experiments)
+    for k, member in enumerate(members):
+        if member.log is not None:
+            member.log.info("trained on %s as member %d of a vectorized group of %d jobs (hydra/launcher=vectorized)", device, k, len(cfgs))
     # Events past the checkpoint's epoch, from a run that died, are purged (hidden) by TensorBoard.
     purge = resume_from["epoch"] + 1 if resume_from else 1
     loggers = [
-        RunLogger(d, cfg.trainer.epochs, console=False, purge_step=purge, job_log=jl)
-        for cfg, d, jl in zip(cfgs, out_dirs, logs, strict=True)
+        RunLogger(d, cfg.trainer.epochs, console=False, purge_step=purge, job_log=member.log)
+        for cfg, d, member in zip(cfgs, out_dirs, members, strict=True)
     ]
-    for cfg, hydra, logger in zip(cfgs, hydra_cfgs, loggers, strict=True):
-        logger.log_hparams(run_hparams(cfg, hydra))
-    experiments = [experiment_config(cfg) for cfg in cfgs]  # for the checkpoints and metrics.json (1 ms a job)
+    for member, logger in zip(members, loggers, strict=True):
+        logger.log_hparams(member.hparams)
     statuses = ["failed"] * len(cfgs)  # what the HParams sessions end with if the group raises
     start, before = time.perf_counter(), resume_from["wall_s"] if resume_from else 0.0
 

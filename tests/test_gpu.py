@@ -229,11 +229,11 @@ def test_the_vectorized_launcher_spreads_groups_over_gpus_and_trains_them_at_onc
 
     positions: dict[float, SweepPosition] = {}
 
-    def train_group_on_cpu(cfgs, dirs, device, hydra_cfgs=None, position=SINGLE_GROUP):
+    def train_group_on_cpu(cfgs, dirs, device, hydra_cfgs=None, position=SINGLE_GROUP, members=None):
         placed[cfgs[0].reg.lambd] = str(device)
         positions[cfgs[0].reg.lambd] = position
         both_running.wait()
-        return real_train_group(cfgs, dirs, CPU, hydra_cfgs, position)
+        return real_train_group(cfgs, dirs, CPU, hydra_cfgs, position, members)
 
     monkeypatch.setattr(vectorized, "train_group", train_group_on_cpu)
     sweep = tmp_path / "sweep"

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from regularization import engine
 from regularization.engine import train
 from regularization.models import build_model, parameter_count
 from regularization.vectorized import member_dropout, plan_groups, train_group
@@ -283,6 +284,63 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 assert (got / name).read_text() == (want / name).read_text(), (job.overrides, name)
             assert OmegaConf.load(got / "hydra.yaml").hydra.job.num == job.idx  # the job's own, not its base's
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("log_file", [None, "${hydra.runtime.output_dir}/${hydra.job.name}-${seed}.log"])
+def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path, monkeypatch, log_file):
+    """The launcher makes each job's dir, experiment config, HParams row and job log from its plain values and its
+    base's templates, not from its OmegaConf tree: the same as Hydra's resolution and ``members_of`` give, for derived
+    and composed jobs, enums, a key override_dirname excludes, a +key, and a log file name that interpolates a task
+    key (made from the config)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
+    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from regularization.vectorized import members_of
+    from tests.conftest import CONF
+
+    log = [f"hydra.job_logging.handlers.file.filename={log_file}"] if log_file else []
+    sweep = ["+experiment=weight_decay", "reg.lambd=0,2.5", "model.init=normal,default", "device=cpu,auto", *log]
+    jobs = [
+        ["+experiment=weight_decay", "reg.lambd=0", "model.init=normal", "device=cpu"],
+        ["+experiment=weight_decay", "reg.lambd=2.5", "model.init=default", "device=auto"],  # derived
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=1", "model.init=default", "device=cpu"],  # composed
+        ["+experiment=weight_decay", "reg=l1", "reg.lambd=3", "model.init=normal", "device=auto"],  # derived from it
+    ]
+    setup_globals()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        placed = [VectorizedLauncher.place(Job(i, [*o, *log], *composer.compose_job([*o, *log]))) for i, o in enumerate(jobs)]
+        for job in placed:
+            saved, HydraConfig.instance().cfg = HydraConfig.instance().cfg, job.config
+            want_dir = Path(str(OmegaConf.select(job.config, "hydra.sweep.dir"))) / str(OmegaConf.select(job.config, "hydra.sweep.subdir"))
+            HydraConfig.instance().cfg = saved
+            assert job.out_dir == want_dir.absolute() == tmp_path / job.config.hydra.job.override_dirname
+            want, got = members_of([job.task_cfg], [job.hydra_cfg.hydra])[0], VectorizedLauncher.member(job)
+            assert got.experiment == want.experiment and got.hparams == want.hparams, job.overrides
+            assert (got.log.path, got.log.formatter._fmt) == (want.log.path, want.log.formatter._fmt)
+            name = job.config.hydra.job.name
+            assert got.log.path.name == (f"{name}-{job.task_cfg.seed}.log" if log_file else f"{name}.log")
+        assert placed[1].task_cfg.model.init.name == "default" and "device" not in placed[1].config.hydra.job.override_dirname
+        checked, on_configs = set(), []
+        real_preflight = engine.preflight
+
+        def preflight(cfg, **kw):
+            on_configs.append(isinstance(cfg, DictConfig))
+            return real_preflight(cfg, **kw)
+
+        monkeypatch.setattr(engine, "preflight", preflight)
+        for job in placed:
+            VectorizedLauncher().check(job, checked)
+        assert on_configs == [True, False, True, False]  # each base's first job on its config; the others on their values
     GlobalHydra.instance().clear()
 
 

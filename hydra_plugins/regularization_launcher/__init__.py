@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +26,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
-from hydra_plugins.regularization_launcher.compose import Base, HydraFiles, SweepComposer
+from hydra_plugins.regularization_launcher.compose import Base, HydraFiles, SweepComposer, substituted
+
+if TYPE_CHECKING:  # the harness is imported as a sweep needs it, not when Hydra scans its plugins
+    from regularization.vectorized import Member
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,17 @@ class Job:
     keys: list[str]
     hydra_cfg: DictConfig = field(init=False)
     out_dir: Path = field(init=False)
+
+
+def job_values(job: Job) -> dict[str, str]:
+    """The values of the hydra keys a job's dir and log file names interpolate, as strings (``substituted``)."""
+    values = {"hydra.job.num": str(job.idx), "hydra.job.id": str(job.idx)}
+    values["hydra.job.override_dirname"] = job.config.hydra.job.override_dirname
+    for key in ("job.name", "sweep.dir"):  # the sweep's, the same for every job
+        value = job.base.hydra_template(key)
+        if isinstance(value, str) and "${" not in value:
+            values[f"hydra.{key}"] = value
+    return values
 
 
 def hydra_view(config: DictConfig) -> DictConfig:
@@ -215,7 +230,8 @@ class VectorizedLauncher(Launcher):
 
             def train() -> None:
                 cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
-                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs, position(k)), strict=True))
+                members = [self.member(j) for j in group]
+                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs, position(k), members), strict=True))
                 gc.collect()  # the group's garbage cycles (only its objects are not frozen: a short pass), then
                 gc.freeze()  # its results, kept until the sweep ends, out of later collections as the jobs above
 
@@ -240,17 +256,38 @@ class VectorizedLauncher(Launcher):
     @staticmethod
     def place(job: Job) -> Job:
         """The job's number, dir and task config, and its view of the hydra config, as hydra.core.utils.run_job makes them."""
-        config, saved = job.config, HydraConfig.instance().cfg
+        config, base = job.config, job.base
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = job.idx
-        HydraConfig.instance().cfg = config  # for ${hydra:...} in the dir names
-        out_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        HydraConfig.instance().cfg = saved
+        values = job_values(job)
+        sweep_dir, subdir = (substituted(base.hydra_template(key), values) for key in ("sweep.dir", "sweep.subdir"))
+        if sweep_dir is None or subdir is None:  # interpolations a plain substitution cannot resolve
+            saved = HydraConfig.instance().cfg
+            HydraConfig.instance().cfg = config  # for ${hydra:...} in the dir names
+            sweep_dir, subdir = (str(OmegaConf.select(config, key)) for key in ("hydra.sweep.dir", "hydra.sweep.subdir"))
+            HydraConfig.instance().cfg = saved
+        job.out_dir = (Path(sweep_dir) / subdir).absolute()
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = str(out_dir.absolute())
-        job.out_dir = out_dir.absolute()
+            config.hydra.runtime.output_dir = str(job.out_dir)
         job.hydra_cfg = hydra_view(config)
         return job
+
+    @staticmethod
+    def member(job: Job) -> "Member":
+        """The job's experiment config, HParams row and job log (``vectorized.Member``) from its plain values and its
+        base's settings; from its configs (``members_of``) where its base interpolates."""
+        from regularization.checkpoint import experiment_config
+        from regularization.logging import JobLog, hparams_of, parse_override
+        from regularization.vectorized import Member, members_of
+
+        values = job.base.plain(job.task_cfg, job.keys)
+        log_file = job.base.job_log_file
+        path = substituted(log_file[0], job_values(job) | {"hydra.runtime.output_dir": str(job.out_dir)}) if log_file else None
+        if values is None or (log_file is not None and path is None):
+            return members_of([job.task_cfg], [job.hydra_cfg.hydra])[0]
+        task_lines = [line for line in job.overrides if not parse_override(line).is_hydra_override()]
+        hparams = hparams_of(values, task_lines, set(job.base.dirname_settings[0]))
+        return Member(experiment_config(values), hparams, JobLog(Path(path), log_file[1]) if log_file else None)
 
     def start_job(self, job: Job) -> None:
         """What run_job does before calling the task: the job dir, its .hydra/ files, on_job_start."""
