@@ -48,9 +48,11 @@ from regularization.checkpoint import (
     generator_state,
     group_members,
     load_group_checkpoint,
+    pack_histories,
     restore_generator,
     save_group_checkpoint,
     set_rng_states,
+    unpack_histories,
 )
 from regularization.config import ConfigError, DropoutStyle, config_without, impl_of
 from regularization.data import data_shapes, load_data
@@ -582,7 +584,7 @@ class GroupState:
             "generators": [generator_state(g) for g in self.generators],
             "masks": generator_state(net.generator) if net.generator is not None else None,
             "results": self.results,
-            "histories": self.histories,
+            "histories": pack_histories(self.histories),
             "active": self.active,
             "wall_s": wall_s,
             "early_stopping": [s.state_dict() for s in self.stoppers] if self.stoppers else None,
@@ -611,7 +613,7 @@ class GroupState:
             exact &= restore_generator(net.generator, saved["masks"])
         if not exact:
             log.warning("the group checkpoint was written on another device type than %s: training continues, not bit for bit", device.type)
-        self.results[:], self.histories[:] = saved["results"], saved["histories"]
+        self.results[:], self.histories[:] = saved["results"], unpack_histories(saved["histories"])
         self.active.copy_(saved["active"])
         set_rng_states(saved["rng"], device)
         return saved["epoch"]

@@ -563,3 +563,27 @@ def test_a_sweep_groups_its_jobs_by_what_they_share_not_by_their_base(tmp_path):
     tied = ["-m", "seed=1,2", "trainer.epochs=${seed}", "hydra/launcher=vectorized"]
     proc = run_train(tied, cwd=tmp_path)
     assert "Launching 2 jobs as 2 vectorized group(s) of at most 1" in proc.stdout + proc.stderr
+
+
+def test_histories_round_trip_a_group_checkpoint_exactly(tmp_path):
+    """A group checkpoint keeps the members' histories as tensors: every int, float (NaN, inf, the last bit) and None
+    comes back as it was, through torch.save and a weights_only load; histories of another shape are kept as lists."""
+    import math
+
+    import torch
+
+    from regularization.checkpoint import pack_histories, unpack_histories
+
+    entry = {"epoch": 3, "train_loss": 0.1 + 0.2, "test_loss": math.nan, "test_acc": None, "weight_l2_norm": math.inf}
+    histories = [[entry, entry | {"epoch": 4, "test_acc": 1e-310}], [], [entry | {"train_loss": -0.0}]]
+    path = tmp_path / "group.pt"
+    torch.save({"histories": pack_histories(histories)}, path)
+    packed = torch.load(path, weights_only=True)["histories"]
+    assert isinstance(packed, dict)
+    back = unpack_histories(packed)
+    assert json.dumps(back) == json.dumps(histories)  # NaN included (NaN != NaN as dict values)
+    assert [[list(e) for e in h] for h in back] == [[list(e) for e in h] for h in histories]  # key order
+    assert math.copysign(1, back[2][0]["train_loss"]) == -1 and type(back[0][0]["epoch"]) is int
+    uneven = [[{"epoch": 1, "loss": 1.0}], [{"epoch": 1}]]
+    assert pack_histories(uneven) is uneven and unpack_histories(uneven) is uneven
+    assert unpack_histories(pack_histories([[], []])) == [[], []]
