@@ -786,7 +786,8 @@ def train_group(
     """engine.train for a group: event files, metrics.json and the job log in each member's dir; returns each
     member's final ``optimize_metric`` (NaN unless it completed).
 
-    ``hydra_cfgs`` are the jobs' hydra nodes (for their overrides in the HParams rows, and where their job
+    ``hydra_cfgs`` are the jobs' hydra nodes (with ``members`` given, the first job's alone will do: for the resume
+    command; else for their overrides in the HParams rows, and where their job
     logging writes); by default they are read from the .hydra/hydra.yaml the launcher saved. ``wall_s`` is the
     member's fair share of the group's wall time (group time / K: the members trained together), ``group_wall_s``
     the group's time, ``group_size`` K. If the group raises, every member is marked failed with the traceback, as

@@ -273,14 +273,16 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
         composer = SweepComposer(loader, master)
-        placed = [VectorizedLauncher.place(Job(i, o, *composer.compose_job(o))) for i, o in enumerate(jobs)]
+        placed = [VectorizedLauncher.place(Job(i, o, composer.compose_job(o))) for i, o in enumerate(jobs)]
         assert [bool(job.keys) for job in placed] == [True, True, False, True, True]
         for job in placed:
             want, got = tmp_path / "hydra" / str(job.idx), tmp_path / "ours" / str(job.idx)
             _save_config(job.task_cfg, "config.yaml", want)  # what hydra.core.utils.run_job writes
             _save_config(job.hydra_cfg, "hydra.yaml", want)
             _save_config(job.config.hydra.overrides.task, "overrides.yaml", want)
-            HydraFiles.write(HydraFiles.texts(job.config, job.task_cfg, job.base, job.keys), got)
+            where, texts = VectorizedLauncher.hydra_files(job)
+            assert where == job.out_dir / ".hydra"
+            HydraFiles.write(texts, got)
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 assert (got / name).read_text() == (want / name).read_text(), (job.overrides, name)
             assert OmegaConf.load(got / "hydra.yaml").hydra.job.num == job.idx  # the job's own, not its base's
@@ -318,7 +320,7 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
         composer = SweepComposer(loader, master)
-        placed = [VectorizedLauncher.place(Job(i, [*o, *log], *composer.compose_job([*o, *log]))) for i, o in enumerate(jobs)]
+        placed = [VectorizedLauncher.place(Job(i, [*o, *log], composer.compose_job([*o, *log]))) for i, o in enumerate(jobs)]
         for job in placed:
             saved, HydraConfig.instance().cfg = HydraConfig.instance().cfg, job.config
             want_dir = Path(str(OmegaConf.select(job.config, "hydra.sweep.dir"))) / str(OmegaConf.select(job.config, "hydra.sweep.subdir"))
@@ -500,7 +502,8 @@ def test_the_plain_view_of_a_derived_job_holds_its_values(tmp_path):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("config", ["reg.lambd=0,2", f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
         composer = SweepComposer(loader, master)
-        _, task, base, keys = composer.compose_job(["reg.lambd=2.5", "model.init=default", "seed=3"])
+        composed = composer.compose_job(["reg.lambd=2.5", "model.init=default", "seed=3"])
+        task, base, keys = composed.task, composed.base, composed.keys
         view = base.view(task, keys)
         assert (view.reg.lambd, view.model.init, view.seed, view.optim.get("momentum")) == (2.5, Init.default, 3, task.optim.momentum)
         assert "dropout" not in view.reg and view.reg.get("dropout1", 0.1) == 0.1

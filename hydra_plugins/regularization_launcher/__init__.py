@@ -11,22 +11,24 @@ The launcher runs the harness's training itself (``regularization.engine.preflig
 ``vectorized.train_group``), not the task function: it is this harness's launcher, not a general one.
 """
 
+import functools
 import gc
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
-from hydra_plugins.regularization_launcher.compose import Base, HydraFiles, SweepComposer, substituted
+from hydra_plugins.regularization_launcher.compose import Base, Composed, HydraFiles, SweepComposer, substituted
 
 if TYPE_CHECKING:  # the harness is imported as a sweep needs it, not when Hydra scans its plugins
     from regularization.vectorized import Member
@@ -47,22 +49,64 @@ ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=Vec
 
 @dataclass
 class Job:
-    """One job of the sweep: its full config (with hydra), the task config (without), and where it writes."""
+    """One job of the sweep: its task config, where it writes, and its full config (with hydra) when first asked for."""
 
     idx: int
     overrides: list[str]
-    config: DictConfig
-    task_cfg: DictConfig
-    base: Base  # what it was composed or derived from, and the keys its overrides set there (SweepComposer.compose_job)
-    keys: list[str]
-    hydra_cfg: DictConfig = field(init=False)
+    composed: Composed
     out_dir: Path = field(init=False)
+
+    @property
+    def task_cfg(self) -> DictConfig:
+        return self.composed.task
+
+    @property
+    def base(self) -> Base:
+        return self.composed.base
+
+    @property
+    def keys(self) -> list[str]:
+        return self.composed.keys
+
+    @functools.cached_property
+    def config(self) -> DictConfig:
+        """The job's config as hydra.core.utils.run_job makes it: its number and output dir set (made on first use)."""
+        config = self.composed.config()
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = self.idx
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(self.out_dir)
+        return config
+
+    @functools.cached_property
+    def hydra_cfg(self) -> DictConfig:
+        """The job's view of its hydra config (``hydra_view``), as its callbacks and its JobReturn see it."""
+        return hydra_view(self.config)
+
+
+class LazyJobReturn(JobReturn):
+    """A JobReturn whose ``hydra_cfg`` is the job's, made when first read: Hydra's sweepers read the return value
+    and the status; making every job's hydra config took 1 ms a job in a sweep of thousands."""
+
+    def __init__(self, job: Job, **fields: Any) -> None:
+        self._job, self._hydra_cfg = job, None
+        super().__init__(**fields)
+
+    @property  # type: ignore[override]
+    def hydra_cfg(self) -> DictConfig | None:
+        if self._hydra_cfg is None and self._job is not None:
+            self._hydra_cfg = self._job.hydra_cfg
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: DictConfig | None) -> None:
+        self._hydra_cfg = value
 
 
 def job_values(job: Job) -> dict[str, str]:
     """The values of the hydra keys a job's dir and log file names interpolate, as strings (``substituted``)."""
     values = {"hydra.job.num": str(job.idx), "hydra.job.id": str(job.idx)}
-    values["hydra.job.override_dirname"] = job.config.hydra.job.override_dirname
+    values["hydra.job.override_dirname"] = job.composed.override_dirname
     for key in ("job.name", "sweep.dir"):  # the sweep's, the same for every job
         value = job.base.hydra_template(key)
         if isinstance(value, str) and "${" not in value:
@@ -117,7 +161,7 @@ class VectorizedLauncher(Launcher):
         compose = SweepComposer(self.hydra_context.config_loader, self.config)
         jobs = []
         for i, o in enumerate(job_overrides):
-            jobs.append(self.place(Job(initial_job_idx + i, list(o), *compose.compose_job(o))))
+            jobs.append(self.place(Job(initial_job_idx + i, list(o), compose.compose_job(o))))
             # The jobs live until the sweep ends: left out of later garbage collections, which would rescan them all
             # (composing a 1,000-job sweep took 4× longer a job with them scanned; a 10,000-job one, quadratically more).
             gc.freeze()
@@ -229,9 +273,9 @@ class VectorizedLauncher(Launcher):
             group, device = groups[k], devices[k]
 
             def train() -> None:
-                cfgs, dirs, hydra_cfgs = [j.task_cfg for j in group], [j.out_dir for j in group], [j.hydra_cfg.hydra for j in group]
-                members = [self.member(j) for j in group]
-                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, hydra_cfgs, position(k), members), strict=True))
+                cfgs, dirs, members = [j.task_cfg for j in group], [j.out_dir for j in group], [self.member(j) for j in group]
+                first = [group[0].hydra_cfg.hydra]  # with the members given, train_group reads only the first job's
+                values.update(zip([j.idx for j in group], train_group(cfgs, dirs, device, first, position(k), members), strict=True))
                 gc.collect()  # the group's garbage cycles (only its objects are not frozen: a short pass), then
                 gc.freeze()  # its results, kept until the sweep ends, out of later collections as the jobs above
 
@@ -255,21 +299,18 @@ class VectorizedLauncher(Launcher):
 
     @staticmethod
     def place(job: Job) -> Job:
-        """The job's number, dir and task config, and its view of the hydra config, as hydra.core.utils.run_job makes them."""
-        config, base = job.config, job.base
-        with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = job.idx
+        """The job's dir, as hydra.core.utils.run_job names it: hydra.sweep.dir/hydra.sweep.subdir."""
+        base = job.base
         values = job_values(job)
         sweep_dir, subdir = (substituted(base.hydra_template(key), values) for key in ("sweep.dir", "sweep.subdir"))
         if sweep_dir is None or subdir is None:  # interpolations a plain substitution cannot resolve
-            saved = HydraConfig.instance().cfg
+            config, saved = job.composed.config(), HydraConfig.instance().cfg
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = job.idx
             HydraConfig.instance().cfg = config  # for ${hydra:...} in the dir names
             sweep_dir, subdir = (str(OmegaConf.select(config, key)) for key in ("hydra.sweep.dir", "hydra.sweep.subdir"))
             HydraConfig.instance().cfg = saved
         job.out_dir = (Path(sweep_dir) / subdir).absolute()
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = str(job.out_dir)
-        job.hydra_cfg = hydra_view(config)
         return job
 
     @staticmethod
@@ -291,17 +332,22 @@ class VectorizedLauncher(Launcher):
 
     def start_job(self, job: Job) -> None:
         """What run_job does before calling the task: the job dir, its .hydra/ files, on_job_start."""
-        assert self.hydra_context is not None
-        saved = HydraConfig.instance().cfg
-        HydraConfig.instance().cfg = job.hydra_cfg
-        try:
-            job.out_dir.mkdir(parents=True, exist_ok=True)
-            if job.config.hydra.output_subdir is not None:
-                hydra_dir = job.out_dir / str(job.config.hydra.output_subdir)
-                HydraFiles.write(HydraFiles.texts(job.config, job.task_cfg, job.base, job.keys), hydra_dir)
-            self.hydra_context.callbacks.on_job_start(config=job.config, task_function=self.task_function)
-        finally:
-            HydraConfig.instance().cfg = saved
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        files = self.hydra_files(job)
+        if files is not None:
+            HydraFiles.write(files[1], files[0])
+        self.job_callback("on_job_start", job, task_function=self.task_function)
+
+    @staticmethod
+    def hydra_files(job: Job) -> tuple[Path, dict[str, str]] | None:
+        """Where the job's .hydra files go (hydra.output_subdir in its dir) and their texts; None when that is null."""
+        subdir = job.base.hydra_template("output_subdir")
+        if subdir is not None and (not isinstance(subdir, str) or "${" in subdir):
+            subdir = job.config.hydra.output_subdir
+        if subdir is None:
+            return None
+        per_job = [job.composed.task_lines, job.composed.override_dirname, str(job.idx), job.idx, str(job.out_dir)]  # id: a str
+        return job.out_dir / str(subdir), HydraFiles.texts(job.task_cfg, job.base, job.keys, per_job, lambda: job.config)
 
     def finish_job(self, job: Job, value: float) -> JobReturn:
         """The JobReturn that run_job returns for this job. Its return value is what train.py returns: the final
@@ -309,16 +355,23 @@ class VectorizedLauncher(Launcher):
 
         run_job deep-copies the hydra config into it because it reuses HydraConfig's; this job's is its own.
         """
+        ret = LazyJobReturn(job, overrides=list(job.composed.task_lines), cfg=job.task_cfg, working_dir=str(Path.cwd()))
+        ret.return_value = value if math.isfinite(value) else None
+        ret.status = JobStatus.COMPLETED
+        ret.task_name = JobRuntime.instance().get("name")
+        self.job_callback("on_job_end", job, job_return=ret)
+        return ret
+
+    def job_callback(self, name: str, job: Job, **kwargs: Any) -> None:
+        """Hydra's callbacks' ``name`` (on_job_start, on_job_end) for the job, with HydraConfig as the job's, as run_job
+        calls them; skipped when no callback has its own (the job's full config is then never made)."""
         assert self.hydra_context is not None
+        callbacks = self.hydra_context.callbacks
+        if not any(getattr(type(c), name) is not getattr(Callback, name) for c in callbacks.callbacks):
+            return
         saved = HydraConfig.instance().cfg
         HydraConfig.instance().cfg = job.hydra_cfg
         try:
-            ret = JobReturn(overrides=list(job.config.hydra.overrides.task), cfg=job.task_cfg, working_dir=str(Path.cwd()))
-            ret.hydra_cfg = job.hydra_cfg
-            ret.return_value = value if math.isfinite(value) else None
-            ret.status = JobStatus.COMPLETED
-            ret.task_name = JobRuntime.instance().get("name")
-            self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
-            return ret
+            getattr(callbacks, name)(config=job.config, **kwargs)
         finally:
             HydraConfig.instance().cfg = saved

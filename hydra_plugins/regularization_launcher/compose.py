@@ -19,7 +19,8 @@ import functools
 import logging
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,20 @@ class SweepComposer:
 
     def compose(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
         """The job's config and its task config (derived separately: a task config is ~5× smaller)."""
-        return self.compose_job(overrides)[:2]
+        job = self.compose_job(overrides)
+        return job.config(), job.task
 
-    def compose_job(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig, Base, list[str]]:
-        """``compose``, and where the job comes from: its base and the keys its value overrides set there (none
-        when the base is the job's own composition), for ``HydraFiles``."""
+    def compose_job(self, overrides: Sequence[str]) -> Composed:
+        """The job as ``Composed``: its task config now, its full config when first asked for."""
         parsed, values, base, derived = self._base(overrides)
         if not derived:
-            return base.config(), base.task(), base, []
-        return self.derive(base, parsed, values), _apply(base.task(), values), base, [o.key_or_group for o in values]
+            config = base.config()
+            lines, dirname = list(config.hydra.overrides.task), config.hydra.job.override_dirname
+            return Composed(base.task(), base, [], lines, dirname, lambda: config)
+        task = [o for o in parsed if not o.is_hydra_override()]
+        lines, dirname = [o.input_line for o in task], get_overrides_dirname(task, *base.dirname_settings)
+        keys = [o.key_or_group for o in values]
+        return Composed(_apply(base.task(), values), base, keys, lines, dirname, lambda: self.derive(base, values, lines, dirname))
 
     def task(self, overrides: Sequence[str]) -> DictConfig:
         """The job's task config alone, as the sweeper's pre-flight check needs it."""
@@ -94,16 +100,38 @@ class SweepComposer:
             return parsed, values, composed, False
         return parsed, values, base, True
 
-    def derive(self, base: Base, parsed: list[Override], values: list[Override]) -> DictConfig:
+    def derive(self, base: Base, values: list[Override], lines: list[str], dirname: str) -> DictConfig:
         """A copy of the base's config turned into the job's: its value overrides applied and hydra's
-        override-derived fields rebuilt."""
+        override-derived fields (its task override lines, its override_dirname) set."""
         config = _apply(base.config(), values)
-        task = [o for o in parsed if not o.is_hydra_override()]
         with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.overrides.task = [o.input_line for o in task]
-            config.hydra.job.override_dirname = get_overrides_dirname(task, *base.dirname_settings)
+            config.hydra.overrides.task = lines
+            config.hydra.job.override_dirname = dirname
         OmegaConf.copy_cache(from_config=self.master, to_config=config)
         return config
+
+
+@dataclass
+class Composed:
+    """A job of the sweep as ``SweepComposer`` makes it: its task config; the base it is composed or derived from and
+    the keys its value overrides set there (none when the base is its own composition), for ``HydraFiles``; its task
+    override lines and override_dirname (what hydra.overrides.task and hydra.job.override_dirname hold); and its
+    full config, made when first asked for (``config``): a vectorized sweep of thousands of small jobs needs few."""
+
+    task: DictConfig
+    base: Base
+    keys: list[str]
+    task_lines: list[str]
+    override_dirname: str
+    make: Callable[[], DictConfig]
+
+    @functools.cached_property
+    def _config(self) -> DictConfig:
+        return self.make()
+
+    def config(self) -> DictConfig:
+        """The job's full config, with hydra's node (the same object on every call)."""
+        return self._config
 
 
 class Base:
@@ -259,17 +287,19 @@ class HydraFiles:
     PER_JOB = ("overrides.task", "job.override_dirname", "job.id", "job.num", "runtime.output_dir")
 
     @staticmethod
-    def texts(config: DictConfig, task: DictConfig, base: Base, keys: list[str]) -> dict[str, str]:
-        """File name -> text, for a job composed or derived from ``base`` by setting ``keys`` (``compose_job``)."""
+    def texts(task: DictConfig, base: Base, keys: list[str], per_job: list, config: Callable[[], DictConfig]) -> dict[str, str]:
+        """File name -> text, for a job composed or derived from ``base`` by setting ``keys`` (``compose_job``), with
+        ``per_job`` the values of its PER_JOB fields; ``config()`` gives its full config, for a job whose values
+        cannot go into the templates."""
         try:
-            lines, *rest = (_leaf(config.hydra, key) for key in HydraFiles.PER_JOB)
+            lines, *rest = per_job
             scalars = [_scalar(v) for v in [*(_leaf(task, key) for key in keys), *lines, *rest]]
             if None not in scalars:
                 templates = base.templates(tuple(keys), len(lines))
                 return {name: _PLACEHOLDER.sub(lambda m: scalars[int(m[1])], text) for name, text in templates.items()}
         except (KeyError, TypeError, AttributeError):  # a key the base's containers lack as a path of dicts
             pass
-        return HydraFiles.dumped(config, task)
+        return HydraFiles.dumped(config(), task)
 
     @staticmethod
     def dumped(config: DictConfig, task: DictConfig) -> dict[str, str]:
