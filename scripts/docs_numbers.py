@@ -302,9 +302,14 @@ def speed(opts: argparse.Namespace) -> str:
         k = r["k_per_job_overhead"]
         small, large = sorted((key for key in k if key.startswith("sweep_")), key=lambda key: int(key.split("_")[1]))
         n_small, n_large = (int(key.split("_")[1]) for key in (small, large))
-        measured = f"({k[large]:.3g} s − {k[small]:.3g} s) / {n_large - n_small} = {k['per_job_ms']:.1f} ms a job"
-        measured += f"; {n_large} / {n_small}: {k['large_over_small']:.2f}×"
-        rows.append([f"(k) per-job overhead, {n_large}- against {n_small}-λ sweep, whole processes", measured, k["target"]])
+        for prefix, where in (("", "the disk's temp dir"), ("ram_", "a RAM disk (/dev/shm)")):
+            if f"{prefix}per_job_ms" not in k:
+                continue
+            per_job = k[prefix + "per_job_ms"]
+            measured = f"({k[prefix + large]:.3g} s − {k[prefix + small]:.3g} s) / {n_large - n_small} = {per_job:.1f} ms a job"
+            measured += f"; {n_large} / {n_small}: {k[prefix + 'large_over_small']:.2f}×"
+            label = f"(k) per-job overhead, {n_large}- against {n_small}-λ sweep, whole processes, into {where}"
+            rows.append([label, measured, k["target"]])
     s = r["s_startup"]
     label = "(s) `train.py -m reg.lambd=0,3` / `import torch`, whole processes"
     rows.append([label, seconds_ratio(s["make_run_s"], s["import_torch_s"], s["ratio"], ".2f×", ".2f"), s["target"]])

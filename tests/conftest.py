@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import getpass
 import gzip
 import os
 import shutil
@@ -136,16 +135,20 @@ def slurm_missing() -> str | None:
 
 
 @pytest.fixture
-def slurm_cluster() -> Iterator[None]:
+def slurm_cluster(tmp_path: Path) -> Iterator[None]:
     """A SLURM cluster to submit to; skips without one, or fails when REQUIRE_SLURM=1. The test's jobs still in the
-    queue when it ends (a requeued or a cancelled group's, say) are cancelled then: none outlives its test."""
+    queue when it ends (a requeued or a cancelled group's, say) are cancelled then: none outlives its test. Only its
+    own: the jobs whose submitit folders (.submitit/<job id>) lie under its tmp_path, not every job of the user (which
+    killed the jobs of a test running beside it, and would kill a user's own on a real cluster)."""
     missing = slurm_missing()
     if missing is not None:
         if os.environ.get("REQUIRE_SLURM") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
     yield
-    subprocess.run(["scancel", "--user", getpass.getuser()], capture_output=True)
+    ours = sorted({p.name for p in tmp_path.glob("**/.submitit/*") if p.is_dir() and p.name[:1].isdigit()})
+    if ours:
+        subprocess.run(["scancel", *ours], capture_output=True)
 
 
 def run_train(args: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -134,6 +134,11 @@ FAKE_BENCH = {
     "results": {
         "e_bf16_epoch": {"fp32_s": 2.0, "bf16_mixed_s": 1.5, "ratio": 0.75, "target": "<= 0.6"},
         "s_startup": {"make_run_s": 3.21, "import_torch_s": 1.6, "ratio": 2.00625, "target": "<= 2.0"},
+        "k_per_job_overhead": {
+            **{"sweep_64_s": 3.0, "sweep_1024_s": 10.68, "per_job_ms": 8.0, "large_over_small": 3.56},
+            **{"ram_sweep_64_s": 2.8, "ram_sweep_1024_s": 7.6, "ram_per_job_ms": 5.0, "ram_large_over_small": 2.71},
+            "target": "per_job_ms < 5, large_over_small <= 3",
+        },
     },
 }
 
@@ -177,6 +182,8 @@ def test_docs_numbers_regenerates_every_table_between_its_markers(tmp_path, tiny
     assert "after 3 epochs" in written["fidelity-weight-decay"] and "| 3 | weight_decay |" in written["fidelity-weight-decay"]
     assert "| dropout_builtin |" in written["fidelity-dropout"] and "| dropout_recipe |" in written["dropout-recipe"]
     assert "3.21 s / 1.60 s = 2.01×" in written["speed"] and "1.5 s / 2 s = 0.75" in written["speed"]
+    assert "into the disk's temp dir | (10.7 s − 3 s) / 960 = 8.0 ms a job; 1024 / 64: 3.56×" in written["speed"]
+    assert "into a RAM disk (/dev/shm) | (7.6 s − 2.8 s) / 960 = 5.0 ms a job; 1024 / 64: 2.71×" in written["speed"]
     assert all(f"| {reg} |" in written["mlp-comparison"] for reg in ("none", "l2", "dropout_scratch"))
     assert "| bf16-mixed |" in written["precision-dropout"] and "| 3 | bf16-mixed |" in written["precision-weight-decay"]
     assert {p.name for p in (copy / "docs" / "figures").iterdir()} == {"mlp_2x2x2_summary.png", "dropout_4x4_summary.png"}
