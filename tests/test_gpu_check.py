@@ -125,7 +125,12 @@ def cpu_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, out
 
 
+# The tests of the one CPU run, in one xdist worker: each worker would run it again (a minute on 2 cores).
+ONE_CPU_RUN = pytest.mark.xdist_group("gpu_check_cpu_run")
+
+
 @pytest.mark.slow
+@ONE_CPU_RUN
 def test_the_cpu_run_end_to_end(cpu_run):
     """``gpu_check.py --device cpu`` at the test's size: every check runs through train.py and bench.py as on a
     GPU, the vectorized launcher agrees with the basic one, the kill lands mid-run and resumes bitwise, compile
@@ -165,6 +170,7 @@ def edit_metrics(job_dir: Path, **changes) -> None:
 
 
 @pytest.mark.slow
+@ONE_CPU_RUN
 def test_the_compile_and_precision_rows_fail_where_the_runs_do(cpu_run, tmp_path):
     """The CPU run's own sweeps, edited: a second job that compiled again, a compiled run farther from eager than
     the tolerance, a bf16 mean shifted by 10 fp32 standard deviations, bf16 runs equal to fp32 (no autocast): FAIL."""
