@@ -162,18 +162,21 @@ def json_text(obj: Any, indent: str = "") -> str:
     return json.dumps(obj)
 
 
+# The metrics of an evaluation's log line, in order, and their labels.
+LINE_LABELS = {
+    "train_loss": "train_loss",
+    "test_loss": "test_loss",
+    "train_acc": "train_acc",
+    "test_acc": "test_acc",
+    "val_loss": "val_loss",
+    "val_acc": "val_acc",
+    "weight_l2_norm": "|w|",
+    "sparsity": "sparsity",
+}
+
+
 def format_metrics(metrics: dict[str, float | None]) -> str:
-    names = {
-        "train_loss": "train_loss",
-        "test_loss": "test_loss",
-        "train_acc": "train_acc",
-        "test_acc": "test_acc",
-        "val_loss": "val_loss",
-        "val_acc": "val_acc",
-        "weight_l2_norm": "|w|",
-        "sparsity": "sparsity",
-    }
-    return "  ".join(f"{label} {metrics[key]:.4g}" for key, label in names.items() if metrics.get(key) is not None)
+    return "  ".join([f"{label} {metrics[key]:.4g}" for key, label in LINE_LABELS.items() if metrics.get(key) is not None])
 
 
 _file_ids = itertools.count()
@@ -373,8 +376,24 @@ def _file_handler(hydra: DictConfig | None) -> tuple[str, DictConfig, logging.Fo
     for name, handler in (config.get("handlers") or {}).items() if config else ():
         if handler.get("class") == "logging.FileHandler":
             fmt = config.get("formatters", {}).get(handler.get("formatter"), {})
-            return name, handler, logging.Formatter(fmt.get("format"), fmt.get("datefmt"))
+            return name, handler, SecondCachedFormatter(fmt.get("format"), fmt.get("datefmt"))
     return None
+
+
+class SecondCachedFormatter(logging.Formatter):
+    """logging.Formatter, with the time's text made once a second: ``formatTime`` (strftime) took half of formatting
+    a line, and a vectorized group writes its members' lines of the same seconds (102,400 for 1,024 members)."""
+
+    _second: int | None = None
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(datefmt or self.default_time_format, self.converter(record.created))
+        if datefmt or not self.default_msec_format:
+            return self._text
+        return self.default_msec_format % (self._text, record.msecs)
 
 
 def job_logs(hydras: list[DictConfig | None]) -> list[JobLog | None]:

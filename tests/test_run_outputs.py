@@ -352,3 +352,19 @@ def test_a_key_tied_to_a_swept_key_names_the_job_labels_the_plots_and_is_in_hpar
     plotted = sweep_plot_data(collect_jobs(sweep))
     assert plotted.swept == ["model.hidden1"]
     assert sorted(s.label for s in plotted.settings) == ["model.hidden1=16, model.hidden2=16", "model.hidden1=8, model.hidden2=8"]
+
+
+@pytest.mark.parametrize("datefmt", [None, "%H:%M:%S"])
+def test_a_members_log_lines_are_formatted_as_logging_formats_them(datefmt):
+    """A vectorized member's job log formats its lines with the time's text made once a second: the same text as
+    logging.Formatter's, across the seconds' edges."""
+    import logging
+
+    from regularization.logging import SecondCachedFormatter
+
+    fmt = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    ours, theirs = SecondCachedFormatter(fmt, datefmt), logging.Formatter(fmt, datefmt)
+    for created in (1796470000.123, 1796470000.999, 1796470001.0005, 1796470001.5, 1796470000.2):
+        record = logging.getLogger("regularization").makeRecord("regularization", logging.INFO, __file__, 0, "epoch %d", (3,), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == theirs.format(record)
