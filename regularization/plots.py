@@ -357,10 +357,18 @@ def metric_pair(sweep: Sweep) -> dict[str, str]:
     return {metric: metric}
 
 
+def quantity(metrics: list[str]) -> str:
+    """The y axis' name for metrics drawn on it: the metric, or what test_loss and train_loss both are (loss)."""
+    if len(metrics) == 1:
+        return metrics[0]
+    kinds = {m.rsplit("_", 1)[-1] for m in metrics}
+    return {"acc": "accuracy"}.get(kind := kinds.pop(), kind) if len(kinds) == 1 else " / ".join(metrics)
+
+
 def draw_final_vs_key(ax: Axes, sweep: Sweep, x: str) -> None:
     """The sweep's metric (and its train counterpart) against key x; losses on a log y axis."""
     metrics = metric_pair(sweep)
-    draw_vs_key(ax, sweep, x, metrics, sweep.metric, f"{' and '.join(metrics)} vs {x}")
+    draw_vs_key(ax, sweep, x, metrics, quantity(list(metrics)), f"{' and '.join(metrics)} vs {x}")
     if "loss" in sweep.metric:
         ax.set_yscale("log")
 

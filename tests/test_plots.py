@@ -152,6 +152,9 @@ def test_the_metric_drawn_is_the_chosen_one_and_named(tmp_path):
     ax = by_name(axes, names, "final_vs_reg.lambd.png")
     assert (ax.get_title(), ax.get_ylabel()) == ("best_test_acc vs reg.lambd", "best_test_acc")
     assert [round(y, 2) for y in ax.lines[0].get_ydata()] == [0.85, 0.88]
+    _, axes, names = panels_of(tmp_path)  # test_acc, and train_acc beside it: the axis names what both are
+    ax = by_name(axes, names, "final_vs_reg.lambd.png")
+    assert (ax.get_title(), ax.get_ylabel()) == ("test_acc and train_acc vs reg.lambd", "accuracy")
 
 
 def test_compared_sweeps_name_a_constant_that_differs_between_them(tmp_path):
