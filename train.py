@@ -27,10 +27,13 @@ try:  # importing torch takes seconds: Ctrl-C then too
     from omegaconf import DictConfig
 
     import regularization
+    from regularization.checkpoint import CTRL_C, note_ctrl_c
     from regularization.config import ConfigError, check_command_line
+
+    # From here on the library's handler notes a Ctrl-C as this one did, for training and the end of the run to see.
+    signal.signal(signal.SIGINT, note_ctrl_c)
 except KeyboardInterrupt:
     interrupted()
-signal.signal(signal.SIGINT, signal.default_int_handler)
 if ctrl_c:  # seen, but its KeyboardInterrupt was dropped
     interrupted()
 
@@ -51,4 +54,6 @@ if __name__ == "__main__":
             sys.exit(str(err))  # the message alone, exit status 1, as Hydra reports a bad config
         main()
     except KeyboardInterrupt:
+        interrupted()
+    if CTRL_C.is_set():  # a Ctrl-C whose KeyboardInterrupt was dropped after start-up, outside training
         interrupted()

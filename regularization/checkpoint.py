@@ -255,12 +255,28 @@ def sigint_deferred() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)
 
 
+# Set by ``note_ctrl_c``, SIGINT's handler outside training from train.py's start-up on; never cleared.
+CTRL_C = threading.Event()
+
+
+def note_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGINT's handler outside training: Python's own (raise KeyboardInterrupt), and a note of it (``CTRL_C``). A
+    KeyboardInterrupt raised while the interpreter runs a finalizer, or inside a library's catch-all, is dropped, and
+    the run went on to train as if never interrupted (seen under load, a Ctrl-C 2 s into start-up): with the note,
+    training does not start (``stop_after_epoch``) and train.py exits 130 at the end."""
+    CTRL_C.set()
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def stop_after_epoch(stop: threading.Event) -> Iterator[threading.Event]:
     """While the block runs, the first Ctrl-C sets ``stop`` and the training loop ends after the epoch in progress,
     checkpointing it (so that the result, the checkpoint and the events end at the same epoch); a second Ctrl-C
     raises KeyboardInterrupt at once. Only the main thread receives signals; elsewhere, and where SIGINT is
-    ignored, the handler is left as it is."""
+    ignored, the handler is left as it is. A Ctrl-C noted before (``note_ctrl_c``) raises KeyboardInterrupt here,
+    before training starts, as it would have when it came."""
+    if CTRL_C.is_set():
+        raise KeyboardInterrupt
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield stop

@@ -390,3 +390,29 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_with
     for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", output
     assert all(any(d.iterdir()) for d in (tmp_path / "outputs").glob("runs/*")), "an empty dir named by the run's overrides"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, as expected
+def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_run():
+    """A Ctrl-C's KeyboardInterrupt raised inside a finalizer is dropped by the interpreter (it prints "Exception
+    ignored"); the run once went on to train for good. note_ctrl_c notes it: training then refuses to start, and
+    train.py exits 130."""
+    import gc
+    import threading
+
+    from regularization import checkpoint
+
+    class RaisesInItsFinalizer:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while the interpreter runs a finalizer
+
+    previous = signal.signal(signal.SIGINT, checkpoint.note_ctrl_c)
+    try:
+        RaisesInItsFinalizer()  # collected at once: its KeyboardInterrupt is dropped
+        gc.collect()
+        assert checkpoint.CTRL_C.is_set()
+        with pytest.raises(KeyboardInterrupt), checkpoint.stop_after_epoch(threading.Event()):
+            pytest.fail("training started after a Ctrl-C")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        checkpoint.CTRL_C.clear()
