@@ -2,6 +2,7 @@
 
 import json
 import math
+import pickle
 import re
 import statistics
 from pathlib import Path
@@ -301,7 +302,7 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
     from hydra.core.utils import setup_globals
     from hydra.types import RunMode
 
-    from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
+    from hydra_plugins.regularization_launcher import Job, LazyJobReturn, VectorizedLauncher
     from hydra_plugins.regularization_launcher.compose import SweepComposer
     from regularization.vectorized import members_of
     from tests.conftest import CONF
@@ -332,6 +333,10 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
             name = job.config.hydra.job.name
             assert got.log.path.name == (f"{name}-{job.task_cfg.seed}.log" if log_file else f"{name}.log")
         assert placed[1].task_cfg.model.init.name == "default" and "device" not in placed[1].config.hydra.job.override_dirname
+        ret = LazyJobReturn(placed[3], overrides=placed[3].composed.task_lines, cfg=placed[3].task_cfg)
+        sent = pickle.loads(pickle.dumps(ret))  # its hydra config made when pickled (Hydra's JobReturn, then)
+        assert sent.hydra_cfg.hydra.job.num == 3 and OmegaConf.to_yaml(sent.hydra_cfg) == OmegaConf.to_yaml(ret.hydra_cfg)
+        assert (sent.overrides, sent.cfg) == (ret.overrides, ret.cfg)
         checked, on_configs = set(), []
         real_preflight = engine.preflight
 

@@ -102,6 +102,11 @@ class LazyJobReturn(JobReturn):
     def hydra_cfg(self, value: DictConfig | None) -> None:
         self._hydra_cfg = value
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled (by a launcher or callback that sends it elsewhere) as Hydra's own JobReturn, its hydra config made."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_job", "_hydra_cfg")} | {"hydra_cfg": self.hydra_cfg}
+        return JobReturn, (), state
+
 
 def job_values(job: Job) -> dict[str, str]:
     """The values of the hydra keys a job's dir and log file names interpolate, as strings (``substituted``)."""
