@@ -47,6 +47,7 @@ def graphs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return gm.forward
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()  # what an earlier test of this worker compiled (its graphs, the shapes it saw vary) is not ours
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False, recompile_limit=2):  # restored after the test
         yield compiled
     torch._dynamo.reset()
