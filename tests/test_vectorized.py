@@ -1,10 +1,12 @@
 """The vectorized launcher: stacked members equal single runs, groups split where they must, members fail alone."""
 
+import contextlib
 import json
 import math
 import pickle
 import re
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -247,18 +249,37 @@ def test_derived_configs_equal_composed_ones(tmp_path):
     GlobalHydra.instance().clear()
 
 
+@contextlib.contextmanager
+def placed_jobs(sweep: list[str], jobs: list[list[str]], sweep_dir: Path) -> Iterator[list]:
+    """The launcher's jobs of a sweep (its command line ``sweep``, its jobs' overrides ``jobs``), composed by
+    SweepComposer and placed in ``sweep_dir``, inside Hydra's context (which the block may still need)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import setup_globals
+    from hydra.types import RunMode
+
+    from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
+    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from tests.conftest import CONF
+
+    setup_globals()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={sweep_dir}"], run_mode=RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master)
+        yield [VectorizedLauncher.place(Job(i, o, composer.compose_job(o))) for i, o in enumerate(jobs)]
+    GlobalHydra.instance().clear()
+
+
 def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
     """The launcher writes each job's .hydra files from its base's YAML, converted once, with the job's values put
     in: the bytes Hydra's run_job writes (its _save_config) from the job's own config, for derived and composed jobs,
     enums, strings YAML would read as booleans, and the per-job hydra fields."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.utils import _save_config, setup_globals
-    from hydra.types import RunMode
+    from hydra.core.utils import _save_config
 
-    from hydra_plugins.regularization_launcher import Job, VectorizedLauncher
-    from hydra_plugins.regularization_launcher.compose import HydraFiles, SweepComposer
-    from tests.conftest import CONF
+    from hydra_plugins.regularization_launcher import VectorizedLauncher
+    from hydra_plugins.regularization_launcher.compose import HydraFiles
 
     sweep = ["+experiment=weight_decay", "reg.lambd=0,2.5", "model.init=normal,default", "device=yes,cpu"]
     jobs = [
@@ -268,13 +289,7 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=3", "model.init=normal", "device=auto"],  # derived from it
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=1e-7", "model.init=normal", "device='a b: c'"],  # a spaced string
     ]
-    setup_globals()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
-        composer = SweepComposer(loader, master)
-        placed = [VectorizedLauncher.place(Job(i, o, composer.compose_job(o))) for i, o in enumerate(jobs)]
+    with placed_jobs(sweep, jobs, tmp_path) as placed:
         assert [bool(job.keys) for job in placed] == [True, True, False, True, True]
         for job in placed:
             want, got = tmp_path / "hydra" / str(job.idx), tmp_path / "ours" / str(job.idx)
@@ -287,7 +302,6 @@ def test_hydra_files_written_per_base_equal_hydras_own(tmp_path):
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 assert (got / name).read_text() == (want / name).read_text(), (job.overrides, name)
             assert OmegaConf.load(got / "hydra.yaml").hydra.job.num == job.idx  # the job's own, not its base's
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("log_file", [None, "${hydra.runtime.output_dir}/${hydra.job.name}-${seed}.log"])
@@ -296,16 +310,10 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
     base's templates, not from its OmegaConf tree: the same as Hydra's resolution and ``members_of`` give, for derived
     and composed jobs, enums, a key override_dirname excludes, a +key, and a log file name that interpolates a task
     key (made from the config)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import setup_globals
-    from hydra.types import RunMode
 
-    from hydra_plugins.regularization_launcher import Job, LazyJobReturn, VectorizedLauncher
-    from hydra_plugins.regularization_launcher.compose import SweepComposer
+    from hydra_plugins.regularization_launcher import LazyJobReturn, VectorizedLauncher
     from regularization.vectorized import members_of
-    from tests.conftest import CONF
 
     log = [f"hydra.job_logging.handlers.file.filename={log_file}"] if log_file else []
     sweep = ["+experiment=weight_decay", "reg.lambd=0,2.5", "model.init=normal,default", "device=cpu,auto", *log]
@@ -315,13 +323,7 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=1", "model.init=default", "device=cpu"],  # composed
         ["+experiment=weight_decay", "reg=l1", "reg.lambd=3", "model.init=normal", "device=auto"],  # derived from it
     ]
-    setup_globals()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", [*sweep, f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
-        composer = SweepComposer(loader, master)
-        placed = [VectorizedLauncher.place(Job(i, [*o, *log], composer.compose_job([*o, *log]))) for i, o in enumerate(jobs)]
+    with placed_jobs(sweep, [[*o, *log] for o in jobs], tmp_path) as placed:
         for job in placed:
             saved, HydraConfig.instance().cfg = HydraConfig.instance().cfg, job.config
             want_dir = Path(str(OmegaConf.select(job.config, "hydra.sweep.dir"))) / str(OmegaConf.select(job.config, "hydra.sweep.subdir"))
@@ -348,7 +350,6 @@ def test_what_the_launcher_makes_of_a_job_equals_what_its_config_gives(tmp_path,
         for job in placed:
             VectorizedLauncher().check(job, checked)
         assert on_configs == [True, False, True, False]  # each base's first job on its config; the others on their values
-    GlobalHydra.instance().clear()
 
 
 def test_jobs_of_a_plain_sweep_derive_from_the_master(tmp_path, monkeypatch):

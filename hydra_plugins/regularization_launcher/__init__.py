@@ -71,7 +71,7 @@ class Job:
     @functools.cached_property
     def config(self) -> DictConfig:
         """The job's config as hydra.core.utils.run_job makes it: its number and output dir set (made on first use)."""
-        config = self.composed.config()
+        config = self.composed.config
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = self.idx
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
@@ -309,7 +309,7 @@ class VectorizedLauncher(Launcher):
         values = job_values(job)
         sweep_dir, subdir = (substituted(base.hydra_template(key), values) for key in ("sweep.dir", "sweep.subdir"))
         if sweep_dir is None or subdir is None:  # interpolations a plain substitution cannot resolve
-            config, saved = job.composed.config(), HydraConfig.instance().cfg
+            config, saved = job.composed.config, HydraConfig.instance().cfg
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = job.idx
             HydraConfig.instance().cfg = config  # for ${hydra:...} in the dir names

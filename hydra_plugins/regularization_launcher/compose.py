@@ -67,7 +67,7 @@ class SweepComposer:
     def compose(self, overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
         """The job's config and its task config (derived separately: a task config is ~5× smaller)."""
         job = self.compose_job(overrides)
-        return job.config(), job.task
+        return job.config, job.task
 
     def compose_job(self, overrides: Sequence[str]) -> Composed:
         """The job as ``Composed``: its task config now, its full config when first asked for."""
@@ -126,12 +126,9 @@ class Composed:
     make: Callable[[], DictConfig]
 
     @functools.cached_property
-    def _config(self) -> DictConfig:
-        return self.make()
-
     def config(self) -> DictConfig:
-        """The job's full config, with hydra's node (the same object on every call)."""
-        return self._config
+        """The job's full config, with hydra's node (made on first use, the same object after)."""
+        return self.make()
 
 
 class Base:
@@ -154,7 +151,7 @@ class Base:
     def dirname_settings(self) -> tuple[list[str], str, str]:
         """hydra.job.config.override_dirname's exclude_keys, item_sep and kv_sep (the same for the base's jobs:
         the value overrides that derive them set no hydra key)."""
-        dirname = self.config().hydra.job.config.override_dirname
+        dirname = self._hydra.job.config.override_dirname
         return list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep
 
     @functools.cached_property
@@ -206,7 +203,7 @@ class Base:
     def templates(self, keys: tuple[str, ...], lines: int) -> dict[str, str]:
         """The .hydra files of this base's jobs that set ``keys`` and have ``lines`` task overrides, dumped once with
         placeholder k where value k goes: the keys' values, then each override line, then PER_JOB's other fields."""
-        task, hydra = _container(self._shape), _container(DictConfig({"hydra": self.config().hydra}))
+        task, hydra = _container(self._shape), _container(DictConfig({"hydra": self._hydra}))
         slots = iter(range(len(keys) + lines + len(HydraFiles.PER_JOB) - 1))
         for key in keys:
             task = _with(task, key.split("."), _placeholder(next(slots)))
