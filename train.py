@@ -29,11 +29,9 @@ try:  # importing torch takes seconds: Ctrl-C then too
     import regularization
     from regularization.checkpoint import CTRL_C, note_ctrl_c
     from regularization.config import ConfigError, check_command_line
-
-    # From here on the library's handler notes a Ctrl-C as this one did, for training and the end of the run to see.
-    signal.signal(signal.SIGINT, note_ctrl_c)
 except KeyboardInterrupt:
     interrupted()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as found, for a process that imports this module
 if ctrl_c:  # seen, but its KeyboardInterrupt was dropped
     interrupted()
 
@@ -47,6 +45,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # From here on the library's handler notes a Ctrl-C as the one above did, for training and the run's end to see.
+    signal.signal(signal.SIGINT, note_ctrl_c)
     try:
         try:
             check_command_line(sys.argv[1:], Path(__file__).parent / "conf")

@@ -416,3 +416,18 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_run():
     finally:
         signal.signal(signal.SIGINT, previous)
         checkpoint.CTRL_C.clear()
+
+
+def test_importing_train_py_leaves_sigint_to_python():
+    """A process that imports train.py (a test, joblib's workers) keeps Python's own SIGINT handler: only train.py run
+    as a script notes Ctrl-C (note_ctrl_c), whose note, never cleared, would stop every later training in that process."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train
+
+        importlib.reload(train)
+    finally:
+        sys.path.remove(str(ROOT))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
