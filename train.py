@@ -6,33 +6,28 @@ import sys
 
 def interrupted() -> None:
     """Ctrl-C outside training (which ends a run itself, with a result): one line and SIGINT's exit status, no traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C, while exiting, would print a traceback
     print("interrupted", file=sys.stderr)
     sys.exit(130)
 
 
-def on_ctrl_c(signum: int, frame: object) -> None:
-    """Python's handler (raise KeyboardInterrupt), and a note of it: a KeyboardInterrupt raised while the interpreter
-    runs a finalizer or a library's catch-all is dropped, and the run would go on training as if never interrupted."""
-    ctrl_c.append(signum)
-    raise KeyboardInterrupt
-
-
+# Importing torch and Hydra takes seconds. A Ctrl-C then is noted, and acted on once the imports are done: a
+# KeyboardInterrupt inside an import leaves a module half-made (numpy then refuses to load again) or, inside a C++
+# extension's start-up, can abort the process.
 ctrl_c: list[int] = []
-signal.signal(signal.SIGINT, on_ctrl_c)
-try:  # importing torch takes seconds: Ctrl-C then too
-    import math
-    from pathlib import Path
+signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+import math
+from pathlib import Path
 
-    import hydra
-    from omegaconf import DictConfig
+import hydra
+from omegaconf import DictConfig
 
-    import regularization
-    from regularization.checkpoint import CTRL_C, note_ctrl_c
-    from regularization.config import ConfigError, check_command_line
-except KeyboardInterrupt:
-    interrupted()
+import regularization
+from regularization.checkpoint import CTRL_C, note_ctrl_c
+from regularization.config import ConfigError, check_command_line
+
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as found, for a process that imports this module
-if ctrl_c:  # seen, but its KeyboardInterrupt was dropped
+if ctrl_c:
     interrupted()
 
 
@@ -45,7 +40,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # From here on the library's handler notes a Ctrl-C as the one above did, for training and the run's end to see.
+    # From here on the library's handler notes a Ctrl-C (for training and the run's end to see) and raises
+    # KeyboardInterrupt, after the import in progress if there is one.
     signal.signal(signal.SIGINT, note_ctrl_c)
     try:
         try:

@@ -8,11 +8,13 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -257,15 +259,55 @@ def sigint_deferred() -> Iterator[None]:
 
 # Set by ``note_ctrl_c``, SIGINT's handler outside training from train.py's start-up on; never cleared.
 CTRL_C = threading.Event()
+# A Ctrl-C that came inside an import, waiting for the import to end (``interrupt_after_import``).
+_INTERRUPT_PENDING = threading.Event()
 
 
-def note_ctrl_c(signum: int, frame: Any) -> None:
+def note_ctrl_c(signum: int, frame: FrameType | None) -> None:
     """SIGINT's handler outside training: Python's own (raise KeyboardInterrupt), and a note of it (``CTRL_C``). A
     KeyboardInterrupt raised while the interpreter runs a finalizer, or inside a library's catch-all, is dropped, and
     the run went on to train as if never interrupted (seen under load, a Ctrl-C 2 s into start-up): with the note,
-    training does not start (``stop_after_epoch``) and train.py exits 130 at the end."""
+    training does not start (``stop_after_epoch``) and train.py exits 130 at the end.
+
+    Inside an import (torchvision's and matplotlib's are lazy) the KeyboardInterrupt waits for the import to end: raised
+    there it leaves a module half-made (numpy, imported again, then fails with "cannot load module more than once per
+    process", seen with a Ctrl-C 0.35 s into ``import torch``), and inside a C++ extension's start-up it can abort
+    the process."""
     CTRL_C.set()
-    raise KeyboardInterrupt
+    if not importing(frame):
+        raise KeyboardInterrupt
+    if not _INTERRUPT_PENDING.is_set():
+        _INTERRUPT_PENDING.set()
+        threading.Thread(target=interrupt_after_import, name="ctrl-c-after-import", daemon=True).start()
+
+
+def importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import: importlib's machinery is among its callers."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupt_after_import(poll_s: float = 0.01) -> None:
+    """In a thread of its own: once the main thread is out of every import, SIGINT again, for its handler to raise
+    there, unless the noted Ctrl-C was raised in the meantime (``raise_if_ctrl_c``). A signal, not
+    ``_thread.interrupt_main``: that one waits for a blocking call (a sleep, a lock) to return by itself."""
+    main = threading.main_thread().ident
+    assert main is not None  # the main thread has started
+    while _INTERRUPT_PENDING.is_set() and importing(sys._current_frames().get(main)):
+        time.sleep(poll_s)
+    if _INTERRUPT_PENDING.is_set():
+        _INTERRUPT_PENDING.clear()
+        signal.pthread_kill(main, signal.SIGINT)
+
+
+def raise_if_ctrl_c() -> None:
+    """KeyboardInterrupt if a Ctrl-C was noted (``note_ctrl_c``), and no second one for it after an import."""
+    if CTRL_C.is_set():
+        _INTERRUPT_PENDING.clear()
+        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -275,8 +317,7 @@ def stop_after_epoch(stop: threading.Event) -> Iterator[threading.Event]:
     raises KeyboardInterrupt at once. Only the main thread receives signals; elsewhere, and where SIGINT is
     ignored, the handler is left as it is. A Ctrl-C noted before (``note_ctrl_c``) raises KeyboardInterrupt here,
     before training starts, as it would have when it came."""
-    if CTRL_C.is_set():
-        raise KeyboardInterrupt
+    raise_if_ctrl_c()
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield stop

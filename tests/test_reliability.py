@@ -5,6 +5,7 @@ import os
 import pickle
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
         assert proc.poll() is None, proc.output()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, proc.output()
     m = json.loads((job / "metrics.json").read_text())
     assert m["status"] == "interrupted"
     ckpt = torch.load(job / CHECKPOINT, weights_only=True)
@@ -106,7 +107,7 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
     wait_for(first / GROUP_CHECKPOINT, proc, timeout=600)
     time.sleep(1.0)  # let it train a while
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, proc.output()
     done = torch.load(first / GROUP_CHECKPOINT, weights_only=True)["epoch"]  # the group's checkpoint stands
     for lambd in (0, 3):
         job = sweep / f"reg.lambd={lambd}"
@@ -384,7 +385,7 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_with
     proc = Run(["+experiment=dropout", f"data.root={tiny_fashion_root}", "trainer.epochs=100000"], tmp_path)
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, proc.output()
     output = proc.output()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
@@ -416,6 +417,39 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_run():
     finally:
         signal.signal(signal.SIGINT, previous)
         checkpoint.CTRL_C.clear()
+
+
+CTRL_C_INSIDE_AN_IMPORT = """
+import signal, sys, threading, time
+from regularization import checkpoint
+
+signal.signal(signal.SIGINT, checkpoint.note_ctrl_c)
+try:
+    import made_slowly  # its first line is a Ctrl-C
+    time.sleep(10)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted after the import; module made:", sys.modules["made_slowly"].made)
+try:
+    import made_slowly_too
+    with checkpoint.stop_after_epoch(threading.Event()):
+        print("training started")
+except KeyboardInterrupt:
+    time.sleep(0.5)  # where a second KeyboardInterrupt for the same Ctrl-C would land
+    print("interrupted once")
+"""
+
+
+def test_a_ctrl_c_inside_an_import_is_raised_when_the_import_ends(tmp_path):
+    """torchvision and matplotlib are imported lazily, after start-up. A KeyboardInterrupt inside an import leaves a
+    module half-made (numpy, imported again, fails) or aborts a C++ extension's start-up: note_ctrl_c raises it once
+    the import is done, and only once when training's start (stop_after_epoch) raised it first."""
+    for name in ("made_slowly", "made_slowly_too"):
+        (tmp_path / f"{name}.py").write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ntime.sleep(0.3)\nmade = True\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_AN_IMPORT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["interrupted after the import; module made: True", "interrupted once"], done.stderr
 
 
 def test_importing_train_py_leaves_sigint_to_python():
