@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import signal
@@ -164,47 +163,6 @@ def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(states["torch"])
     if device.type == "cuda" and isinstance(states.get("cuda"), torch.Tensor):
         torch.cuda.set_rng_state(states["cuda"], device)
-
-
-def pack_histories(histories: list[list[dict]]) -> dict[str, Any] | list[list[dict]]:
-    """The members' histories (lists of evaluations, each a flat dict with the same keys) as a tensor per key, for a
-    group checkpoint: torch.save pickles a list's objects one by one through its persistent_id hook, 0.26 s for a
-    1,024-member group's 100 evaluations each, at every save; as tensors, 0.06 s. Ints, floats and None come back
-    exactly (``unpack_histories``); histories of other shapes are kept as they are."""
-    entries = [entry for history in histories for entry in history]
-    keys = tuple(entries[0]) if entries else ()
-    if any(tuple(entry) != keys for entry in entries):
-        return histories
-    columns: dict[str, Any] = {}
-    for key, values in zip(keys, zip(*[tuple(entry.values()) for entry in entries], strict=True), strict=True):
-        types = set(map(type, values))
-        if types == {int}:
-            columns[key] = torch.tensor(values, dtype=torch.int64)
-        elif types == {float}:
-            columns[key] = (torch.tensor(values, dtype=torch.float64), None)  # none missing
-        elif types <= {float, type(None)}:
-            missing = torch.tensor([v is None for v in values])
-            columns[key] = (torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64), missing)
-        else:
-            return histories
-    return {"lengths": torch.tensor([len(h) for h in histories], dtype=torch.int64), "keys": list(keys), "columns": columns}
-
-
-def unpack_histories(packed: dict[str, Any] | list[list[dict]]) -> list[list[dict]]:
-    """``pack_histories`` undone (a checkpoint written before it holds the lists themselves)."""
-    if isinstance(packed, list):
-        return packed
-    columns = []
-    for key in packed["keys"]:
-        column = packed["columns"][key]
-        if isinstance(column, tuple) and column[1] is not None:
-            column = [None if gone else v for v, gone in zip(column[0].tolist(), column[1].tolist(), strict=True)]
-        else:
-            column = (column[0] if isinstance(column, tuple) else column).tolist()
-        columns.append(column)
-    entries = [dict(zip(packed["keys"], row, strict=True)) for row in zip(*columns, strict=True)]
-    ends = np.cumsum(packed["lengths"].tolist()).tolist()
-    return [entries[end - n : end] for n, end in zip(packed["lengths"].tolist(), ends, strict=True)]
 
 
 def generator_state(generator: torch.Generator) -> dict[str, Any]:

@@ -93,6 +93,24 @@ def test_a_group_resumed_to_more_epochs_equals_one_trained_that_long(make_cfg) -
         assert final_metrics(resumed)["epochs"] == 6
 
 
+def test_a_checkpoint_with_the_histories_as_lists_resumes_them_exactly(make_cfg) -> None:
+    """Group checkpoints once held the members' histories as lists of dicts (now: each evaluation's table); a group
+    resumed from one to more epochs equals one trained that long, its history included."""
+    cfgs, dirs = _group(make_cfg, [0, 3])
+    train_group(cfgs, dirs, CPU)
+    saved = torch.load(dirs[0] / GROUP_CHECKPOINT, weights_only=True)
+    histories = [json.loads((d / "metrics.json").read_text())["history"] for d in dirs]
+    torch.save({k: v for k, v in saved.items() if k != "evaluations"} | {"histories": histories}, dirs[0] / GROUP_CHECKPOINT)
+    longer = [make_cfg("trainer.epochs=6", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    train_group(longer, dirs, CPU)
+    straight = [make_cfg("trainer.epochs=6", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    straight_dirs = [Path(c.hydra.runtime.output_dir) for c in straight]
+    train_group(straight, straight_dirs, CPU)
+    for resumed, alone in zip(dirs, straight_dirs, strict=True):
+        assert [e["epoch"] for e in final_metrics(resumed)["history"]] == [1, 2, 3, 4, 5, 6]
+        assert final_metrics(resumed) == final_metrics(alone)
+
+
 def test_ctrl_c_then_rerun_continues_each_members_schedule_and_early_stopping_exactly(make_cfg, monkeypatch) -> None:
     """A group with a cosine schedule after a warmup and early stopping, interrupted in epoch 7 (some members have
     stopped by then, some not), then rerun: bitwise the uninterrupted group, members stopped where they were."""

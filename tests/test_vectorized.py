@@ -575,24 +575,18 @@ def test_a_sweep_groups_its_jobs_by_what_they_share_not_by_their_base(tmp_path):
 
 
 def test_histories_round_trip_a_group_checkpoint_exactly(tmp_path):
-    """A group checkpoint keeps the members' histories as tensors: every int, float (NaN, inf, the last bit) and None
-    comes back as it was, through torch.save and a weights_only load; histories of another shape are kept as lists."""
-    import math
+    """A group checkpoint keeps each evaluation as a table; the members' history entries made from it after a
+    weights_only load are those made before: every float (NaN, inf, -0.0, float32's last bit), None, and the keys'
+    order (engine.evaluate_all's)."""
+    from regularization.vectorized import Evaluation
 
-    import torch
-
-    from regularization.checkpoint import pack_histories, unpack_histories
-
-    entry = {"epoch": 3, "train_loss": 0.1 + 0.2, "test_loss": math.nan, "test_acc": None, "weight_l2_norm": math.inf}
-    histories = [[entry, entry | {"epoch": 4, "test_acc": 1e-310}], [], [entry | {"train_loss": -0.0}]]
-    path = tmp_path / "group.pt"
-    torch.save({"histories": pack_histories(histories)}, path)
-    packed = torch.load(path, weights_only=True)["histories"]
-    assert isinstance(packed, dict)
-    back = unpack_histories(packed)
-    assert json.dumps(back) == json.dumps(histories)  # NaN included (NaN != NaN as dict values)
-    assert [[list(e) for e in h] for h in back] == [[list(e) for e in h] for h in histories]  # key order
-    assert math.copysign(1, back[2][0]["train_loss"]) == -1 and type(back[0][0]["epoch"]) is int
-    uneven = [[{"epoch": 1, "loss": 1.0}], [{"epoch": 1}]]
-    assert pack_histories(uneven) is uneven and unpack_histories(uneven) is uneven
-    assert unpack_histories(pack_histories([[], []])) == [[], []]
+    table = torch.tensor([[math.nan, 0.1, math.inf, 1e-40], [math.nan, -0.0, math.nan, 3.0]], dtype=torch.float32)
+    evaluation = Evaluation(7, ["test_acc", "train_loss", "test_loss", "sparsity"], ["test_acc"], table, torch.tensor([True, False]))
+    torch.save({"evaluations": [evaluation.state_dict()]}, tmp_path / "group.pt")
+    back = Evaluation(**torch.load(tmp_path / "group.pt", weights_only=True)["evaluations"][0])
+    entries = back.entries()
+    assert json.dumps(entries) == json.dumps(evaluation.entries())  # NaN included (NaN != NaN as dict values)
+    assert list(entries[0]) == ["epoch", "test_acc", "train_loss", "test_loss", "sparsity"] and entries[0]["epoch"] == 7
+    assert entries[0]["test_acc"] is None and entries[0]["train_loss"] == float(torch.tensor(0.1))
+    assert math.copysign(1, entries[1]["train_loss"]) == -1 and entries[0]["sparsity"] == float(torch.tensor(1e-40))
+    assert back.logged.tolist() == [True, False]
