@@ -496,7 +496,8 @@ def evaluations_of(histories: list[list[dict]]) -> list[Evaluation]:
     evaluations = []
     for epoch, entries in sorted(by_epoch.items()):
         keys = [key for key in next(iter(entries.values())) if key != "epoch"]
-        rows = [[math.nan if k not in entries or entries[k][key] is None else entries[k][key] for key in keys] for k in range(len(histories))]
+        missing = dict.fromkeys(keys, math.nan)
+        rows = [[math.nan if v is None else v for v in (entries.get(k, missing)[key] for key in keys)] for k in range(len(histories))]
         none = [key for key in keys if all(entry[key] is None for entry in entries.values())]
         logged = torch.tensor([k in entries for k in range(len(histories))])
         evaluations.append(Evaluation(epoch, keys, none, torch.tensor(rows, dtype=torch.float32), logged))
