@@ -308,6 +308,8 @@ def speed(opts: argparse.Namespace) -> str:
             per_job = k[prefix + "per_job_ms"]
             measured = f"({k[prefix + large]:.3g} s − {k[prefix + small]:.3g} s) / {n_large - n_small} = {per_job:.1f} ms a job"
             measured += f"; {n_large} / {n_small}: {k[prefix + 'large_over_small']:.2f}×"
+            if f"{prefix}file_creation_ms" in k:  # the floor: a job's 2 dirs and 6 files, created there
+                measured += f"; creating a job's dirs and files there: {k[prefix + 'file_creation_ms']:.2f} ms"
             label = f"(k) per-job overhead, {n_large}- against {n_small}-λ sweep, whole processes, into {where}"
             rows.append([label, measured, k["target"]])
     s = r["s_startup"]
