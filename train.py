@@ -23,7 +23,9 @@ def without_teardown() -> None:
         os._exit(exit_status[0])
 
 
-if __name__ == "__main__":  # exit handlers run last registered first: this one, registered before any import, last
+# Exit handlers run last registered first: this one, registered before any import, runs last. Not where a handler
+# was registered before train.py ran (coverage's subprocess hook, from a .pth file): that one would never run.
+if __name__ == "__main__" and getattr(atexit, "_ncallbacks", lambda: 1)() == 0:
     atexit.register(without_teardown)
 
 

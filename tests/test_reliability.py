@@ -452,6 +452,23 @@ def test_a_ctrl_c_inside_an_import_is_raised_when_the_import_ends(tmp_path):
     assert done.stdout.splitlines() == ["interrupted after the import; module made: True", "interrupted once"], done.stderr
 
 
+def test_an_exit_handler_registered_before_train_py_still_runs(tmp_path):
+    """train.py ends the process without the interpreter's teardown, from the last exit handler; a handler that a
+    tool registered before train.py ran (coverage's subprocess hook, from a .pth file) would come after it, so then
+    the teardown is left as it is and that handler runs."""
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('the earlier handler ran', flush=True))\n"
+        f"sys.argv = [{str(ROOT / 'train.py')!r}, 'trainer.epochs=1']\n"
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "the earlier handler ran"
+    assert "completed:" in done.stdout
+
+
 def test_importing_train_py_leaves_sigint_to_python():
     """A process that imports train.py (a test, joblib's workers) keeps Python's own SIGINT handler: only train.py run
     as a script notes Ctrl-C (note_ctrl_c), whose note, never cleared, would stop every later training in that process."""
