@@ -470,7 +470,7 @@ class Evaluation:
     in regression) are None in their entries. ``logged``: the members whose histories it went into (those training).
 
     A group checkpoint saves these tables, not the histories' dicts: pickling 102,400 of them (1,024 members, 100
-    evaluations) took 0.2 s at each save."""
+    evaluations) took 0.26 s at each save, and packing them into tensors first 0.12 s."""
 
     epoch: int
     keys: list[str]
