@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+import omegaconf
 import torch
 from omegaconf import DictConfig
 
@@ -218,7 +219,7 @@ def sigint_deferred() -> Iterator[None]:
 
 # Set by ``note_ctrl_c``, SIGINT's handler outside training from train.py's start-up on; never cleared.
 CTRL_C = threading.Event()
-# A Ctrl-C that came inside an import, waiting for the import to end (``interrupt_after_import``).
+# A Ctrl-C that came where it must not be raised, waiting for the main thread to leave (``interrupt_when_safe``).
 _INTERRUPT_PENDING = threading.Event()
 
 
@@ -228,34 +229,40 @@ def note_ctrl_c(signum: int, frame: FrameType | None) -> None:
     the run went on to train as if never interrupted (seen under load, a Ctrl-C 2 s into start-up): with the note,
     training does not start (``stop_after_epoch``) and train.py exits 130 at the end.
 
-    Inside an import (torchvision's and matplotlib's are lazy) the KeyboardInterrupt waits for the import to end: raised
-    there it leaves a module half-made (numpy, imported again, then fails with "cannot load module more than once per
-    process", seen with a Ctrl-C 0.35 s into ``import torch``), and inside a C++ extension's start-up it can abort
-    the process."""
+    Where a KeyboardInterrupt breaks what it lands in (``interrupt_unsafe``) it waits until the main thread is out of
+    there: inside an import (torchvision's and matplotlib's are lazy) it leaves a module half-made (numpy, imported
+    again, then fails with "cannot load module more than once per process", seen with a Ctrl-C 0.35 s into
+    ``import torch``), and inside a C++ extension's start-up it can abort the process; inside OmegaConf (Hydra
+    composing the config) a node is left half-built, whose clean-up then fails with an AttributeError in its place
+    (exit 1, seen with a Ctrl-C 1.08 s into start-up on a loaded machine)."""
     CTRL_C.set()
-    if not importing(frame):
+    if not interrupt_unsafe(frame):
         raise KeyboardInterrupt
     if not _INTERRUPT_PENDING.is_set():
         _INTERRUPT_PENDING.set()
-        threading.Thread(target=interrupt_after_import, name="ctrl-c-after-import", daemon=True).start()
+        threading.Thread(target=interrupt_when_safe, name="ctrl-c-when-safe", daemon=True).start()
 
 
-def importing(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import: importlib's machinery is among its callers."""
+# Where a KeyboardInterrupt must not be raised (``note_ctrl_c``): importlib's machinery, and OmegaConf's code.
+_INTERRUPT_UNSAFE = ("<frozen importlib", os.path.dirname(omegaconf.__file__) + os.sep)
+
+
+def interrupt_unsafe(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import or inside OmegaConf: their code is among its callers."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        if frame.f_code.co_filename.startswith(_INTERRUPT_UNSAFE):
             return True
         frame = frame.f_back
     return False
 
 
-def interrupt_after_import(poll_s: float = 0.01) -> None:
-    """In a thread of its own: once the main thread is out of every import, SIGINT again, for its handler to raise
-    there, unless the noted Ctrl-C was raised in the meantime (``raise_if_ctrl_c``). A signal, not
+def interrupt_when_safe(poll_s: float = 0.01) -> None:
+    """In a thread of its own: once the main thread is out of every import and of OmegaConf, SIGINT again, for its
+    handler to raise there, unless the noted Ctrl-C was raised in the meantime (``raise_if_ctrl_c``). A signal, not
     ``_thread.interrupt_main``: that one waits for a blocking call (a sleep, a lock) to return by itself."""
     main = threading.main_thread().ident
     assert main is not None  # the main thread has started
-    while _INTERRUPT_PENDING.is_set() and importing(sys._current_frames().get(main)):
+    while _INTERRUPT_PENDING.is_set() and interrupt_unsafe(sys._current_frames().get(main)):
         time.sleep(poll_s)
     if _INTERRUPT_PENDING.is_set():
         _INTERRUPT_PENDING.clear()
@@ -263,7 +270,7 @@ def interrupt_after_import(poll_s: float = 0.01) -> None:
 
 
 def raise_if_ctrl_c() -> None:
-    """KeyboardInterrupt if a Ctrl-C was noted (``note_ctrl_c``), and no second one for it after an import."""
+    """KeyboardInterrupt if a Ctrl-C was noted (``note_ctrl_c``), and no second one for it (``interrupt_when_safe``)."""
     if CTRL_C.is_set():
         _INTERRUPT_PENDING.clear()
         raise KeyboardInterrupt

@@ -437,19 +437,31 @@ try:
 except KeyboardInterrupt:
     time.sleep(0.5)  # where a second KeyboardInterrupt for the same Ctrl-C would land
     print("interrupted once")
+from omegaconf import OmegaConf
+OmegaConf.register_new_resolver("ctrl_c", lambda: signal.raise_signal(signal.SIGINT) or 1)
+config = OmegaConf.create({"a": "${ctrl_c:}", "b": {"c": 2}})
+try:
+    OmegaConf.to_container(config, resolve=True)  # a Ctrl-C inside OmegaConf
+    print("resolved")
+    time.sleep(10)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted after OmegaConf")
 """
 
 
-def test_a_ctrl_c_inside_an_import_is_raised_when_the_import_ends(tmp_path):
+def test_a_ctrl_c_inside_an_import_or_omegaconf_is_raised_when_it_ends(tmp_path):
     """torchvision and matplotlib are imported lazily, after start-up. A KeyboardInterrupt inside an import leaves a
-    module half-made (numpy, imported again, fails) or aborts a C++ extension's start-up: note_ctrl_c raises it once
-    the import is done, and only once when training's start (stop_after_epoch) raised it first."""
+    module half-made (numpy, imported again, fails) or aborts a C++ extension's start-up, and inside OmegaConf (Hydra
+    composing) a half-built node whose clean-up fails in its place: note_ctrl_c raises it once the import or the
+    OmegaConf call is done, and only once when training's start (stop_after_epoch) raised it first."""
     for name in ("made_slowly", "made_slowly_too"):
         (tmp_path / f"{name}.py").write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ntime.sleep(0.3)\nmade = True\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     done = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_AN_IMPORT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines() == ["interrupted after the import; module made: True", "interrupted once"], done.stderr
+    expected = ["interrupted after the import; module made: True", "interrupted once", "resolved", "interrupted after OmegaConf"]
+    assert done.stdout.splitlines() == expected, done.stderr
 
 
 def test_an_exit_handler_registered_before_train_py_still_runs(tmp_path):
