@@ -17,9 +17,9 @@ stopping stops (``selection.EarlyStopping``, one per member) gets its best weigh
 and the others train on. Every member's learning rate follows the group's schedule: lr_k·f(e) (``schedule``).
 
 A group checkpoints as a single run does (``CheckpointCadence``): the stacked weights, the optimizer's state,
-each seed's batch generator, the dropout masks' generator, the global RNG states, the histories, statuses and
-active members, in ``group_checkpoint.pt`` in its first member's dir. A rerun of the sweep into the same dir
-resumes it bit for bit, dropout members included.
+each seed's batch generator, the dropout masks' generator, the global RNG states, the evaluations (the members'
+histories are made of them), statuses and active members, in ``group_checkpoint.pt`` in its first member's dir.
+A rerun of the sweep into the same dir resumes it bit for bit, dropout members included.
 """
 
 from __future__ import annotations
@@ -634,6 +634,16 @@ class GroupState:
             "best_params": self.best_params,
         }
 
+    def record(self, evaluation: Evaluation) -> list[dict]:
+        """Keep an evaluation (its ``logged`` set) and put its entries into the histories of the members it logged;
+        returns every member's entry."""
+        self.evaluations.append(evaluation)
+        entries = evaluation.entries()
+        for history, entry, logged in zip(self.histories, entries, evaluation.logged.tolist(), strict=True):
+            if logged:
+                history.append(entry)
+        return entries
+
     @torch.no_grad()
     def restore(self, saved: dict, net: StackedNet) -> int:
         """The state of ``saved`` (a loaded group checkpoint) in place; returns its epoch. Saved on another device
@@ -658,15 +668,14 @@ class GroupState:
             log.warning("the group checkpoint was written on another device type than %s: training continues, not bit for bit", device.type)
         self.results[:] = saved["results"]
         if "evaluations" in saved:
-            self.evaluations[:] = [Evaluation(**e) for e in saved["evaluations"]]
+            evaluations = [Evaluation(**e) for e in saved["evaluations"]]
         else:  # written before there were evaluations: the histories' lists
-            self.evaluations[:] = evaluations_of(saved["histories"])
+            evaluations = evaluations_of(saved["histories"])
+        self.evaluations.clear()
         for history in self.histories:
             history.clear()
-        for evaluation in self.evaluations:
-            for history, entry, logged in zip(self.histories, evaluation.entries(), evaluation.logged.tolist(), strict=True):
-                if logged:
-                    history.append(entry)
+        for evaluation in evaluations:
+            self.record(evaluation)
         self.active.copy_(saved["active"])
         set_rng_states(saved["rng"], device)
         return saved["epoch"]
@@ -728,12 +737,10 @@ def fit_members(
             with step.autocast():
                 evaluation = evaluate_all(net, data, penalty, objective, first.sparsity_threshold, epoch)
             evaluation.logged = (active & ~diverged).cpu()
-            state.evaluations.append(evaluation)
-            alive, evaluated = evaluation.logged.tolist(), evaluation.entries()
+            alive, evaluated = evaluation.logged.tolist(), state.record(evaluation)
             for k, entry in enumerate(evaluated):
                 if alive[k]:
                     loggers[k].log_eval(epoch, entry)
-                    histories[k].append(entry)
                     if not (math.isfinite(entry["train_loss"]) and math.isfinite(entry["test_loss"])):
                         diverged[k] = True
             detail = f"{sum(alive)} of {K} members training; {spread(histories, epoch)}"
