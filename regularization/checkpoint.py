@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import hydra.core.utils
 import numpy as np
 import omegaconf
 import torch
@@ -234,7 +235,9 @@ def note_ctrl_c(signum: int, frame: FrameType | None) -> None:
     again, then fails with "cannot load module more than once per process", seen with a Ctrl-C 0.35 s into
     ``import torch``), and inside a C++ extension's start-up it can abort the process; inside OmegaConf (Hydra
     composing the config) a node is left half-built, whose clean-up then fails with an AttributeError in its place
-    (exit 1, seen with a Ctrl-C 1.08 s into start-up on a loaded machine)."""
+    (exit 1, seen with a Ctrl-C 1.08 s into start-up on a loaded machine); inside Hydra's ``run_job`` before the job's
+    task is in ``job_guarded``, the job's dir, made and holding its .hydra/ files, would be left with no result
+    (seen on CI, a Ctrl-C 2 s into start-up)."""
     CTRL_C.set()
     if not interrupt_unsafe(frame):
         raise KeyboardInterrupt
@@ -245,19 +248,35 @@ def note_ctrl_c(signum: int, frame: FrameType | None) -> None:
 
 # Where a KeyboardInterrupt must not be raised (``note_ctrl_c``): importlib's machinery, and OmegaConf's code.
 _INTERRUPT_UNSAFE = ("<frozen importlib", os.path.dirname(omegaconf.__file__) + os.sep)
+# Set while a Hydra job's task runs inside ``job_guarded``.
+_JOB_GUARDED = threading.Event()
+
+
+@contextmanager
+def job_guarded() -> Iterator[None]:
+    """The block is where a Ctrl-C inside Hydra's ``run_job`` is raised: the block's own clean-up (the caller's) then
+    sees it. Before the block (run_job making the job's dir, writing its .hydra/ files, on_job_start) and after
+    it (on_job_end), ``note_ctrl_c`` holds the Ctrl-C back until the main thread is in the block or out of run_job."""
+    _JOB_GUARDED.set()
+    try:
+        yield
+    finally:
+        _JOB_GUARDED.clear()
 
 
 def interrupt_unsafe(frame: FrameType | None) -> bool:
-    """Whether ``frame`` runs inside an import or inside OmegaConf: their code is among its callers."""
+    """Whether ``frame`` runs inside an import, inside OmegaConf, or inside Hydra's ``run_job`` but not in the
+    job's guarded block (``job_guarded``): their code is among its callers."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith(_INTERRUPT_UNSAFE):
+        code = frame.f_code
+        if code.co_filename.startswith(_INTERRUPT_UNSAFE) or (code is hydra.core.utils.run_job.__code__ and not _JOB_GUARDED.is_set()):
             return True
         frame = frame.f_back
     return False
 
 
 def interrupt_when_safe(poll_s: float = 0.01) -> None:
-    """In a thread of its own: once the main thread is out of every import and of OmegaConf, SIGINT again, for its
+    """In a thread of its own: once the main thread is where a KeyboardInterrupt is safe (``interrupt_unsafe``), SIGINT again, for its
     handler to raise there, unless the noted Ctrl-C was raised in the meantime (``raise_if_ctrl_c``). A signal, not
     ``_thread.interrupt_main``: that one waits for a blocking call (a sleep, a lock) to return by itself."""
     main = threading.main_thread().ident

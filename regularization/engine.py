@@ -31,6 +31,7 @@ from regularization.checkpoint import (
     checkpoint_epoch,
     experiment_id,
     generator_state,
+    job_guarded,
     load_checkpoint,
     restore_generator,
     save_checkpoint,
@@ -375,22 +376,33 @@ def run(cfg: DictConfig) -> float:
 @contextmanager
 def result_or_no_dir(out_dir: Path) -> Iterator[None]:
     """Ctrl-C before the run wrote its metrics.json (while its data load, say; training ends itself at Ctrl-C, with
-    a result): a dir that holds only what Hydra and the logger made for this run is removed, as a run that never
-    trained has nothing to keep; one with a checkpoint (a run resumed) gets status interrupted at its epoch."""
+    a result): a dir with nothing to keep is removed (``remove_if_untrained``); one with a checkpoint (a run resumed)
+    gets status interrupted at its epoch."""
     try:
-        yield
+        with job_guarded():  # a Ctrl-C while Hydra made the dir is raised in here (note_ctrl_c)
+            yield
     except KeyboardInterrupt:
-        if not (out_dir / "metrics.json").exists():
-            checkpoint, log_file = out_dir / CHECKPOINT, f"{HydraConfig.get().job.name}.log"
-            made_here = [p.name in (".hydra", log_file) or p.name.startswith("events.out.tfevents.") for p in out_dir.iterdir()]
-            if not checkpoint.exists() and all(made_here):
-                shutil.rmtree(out_dir, ignore_errors=True)
-                with contextlib.suppress(OSError):  # a single run's parent, named by its overrides, if now empty
-                    out_dir.parent.rmdir()
-            else:
-                epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
-                write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
+        if not remove_if_untrained(out_dir, f"{HydraConfig.get().job.name}.log") and not (out_dir / "metrics.json").exists():
+            checkpoint = out_dir / CHECKPOINT
+            epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
+            write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
         raise
+
+
+def remove_if_untrained(out_dir: Path, log_file: str) -> bool:
+    """Remove a job dir that holds only what Hydra and the logger made for it (.hydra/, the job's log, event
+    files), with no metrics.json and no checkpoint: a job that never trained has nothing to keep, and a dir left
+    would read as a failed job. Its parent too, if now empty (a single run's, named by its overrides). Returns
+    whether it removed the dir."""
+    if not out_dir.is_dir():
+        return False
+    made_here = [p.name in (".hydra", log_file) or p.name.startswith("events.out.tfevents.") for p in out_dir.iterdir()]
+    if not all(made_here):  # metrics.json and the checkpoint are not among them
+        return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out_dir.parent.rmdir()
+    return True
 
 
 def train_or_record_failure(cfg: DictConfig, device: torch.device, out_dir: Path) -> float:

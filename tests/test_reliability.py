@@ -100,8 +100,11 @@ def test_ctrl_c_checkpoints_flushes_and_exits_130(tmp_path):
 @ONE_AT_A_TIME
 @pytest.mark.slow
 def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp_path):
+    """Ctrl-C mid-group: its members are interrupted at its checkpoint's epoch; the dir of a group that never began
+    (λ = 5, the second group of at most 2) is removed, as it holds no result."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "reg.lambd=0,3", "trainer.epochs=100000", "hydra/launcher=vectorized", f"hydra.sweep.dir={sweep}"]
+    launcher = ["hydra/launcher=vectorized", "hydra.launcher.max_members=2"]
+    args = ["-m", "reg.lambd=0,3,5", "trainer.epochs=100000", *launcher, f"hydra.sweep.dir={sweep}"]
     proc = Run(args, tmp_path)
     first = sweep / "reg.lambd=0"
     wait_for(first / GROUP_CHECKPOINT, proc, timeout=600)
@@ -114,6 +117,7 @@ def test_ctrl_c_under_the_vectorized_launcher_marks_every_member_interrupted(tmp
         assert json.loads((job / "metrics.json").read_text()) == {"status": "interrupted", "epochs": done}
         assert steps(job)[-1] == done  # the events end at the checkpoint's epoch too
     assert f"the group's checkpoint after epoch {done} stands" in proc.output()
+    assert not (sweep / "reg.lambd=5").exists()
     command = shlex.split(proc.output().split("to resume: ")[1].splitlines()[0])
     assert command == [sys.executable, str(ROOT / "train.py"), *args[:-1], f"hydra.sweep.dir={sweep}"]
 
@@ -391,6 +395,37 @@ def test_ctrl_c_at_any_moment_of_start_up_prints_one_line_and_leaves_no_dir_with
     for run_dir in {p.parent for p in (tmp_path / "outputs").rglob(".hydra")}:
         assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", output
     assert all(any(d.iterdir()) for d in (tmp_path / "outputs").glob("runs/*")), "an empty dir named by the run's overrides"
+
+
+CTRL_C_AT_JOB_START = """
+import signal
+
+from hydra.experimental.callback import Callback
+
+
+class CtrlC(Callback):
+    def on_job_start(self, config, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [None, "basic", "vectorized"])
+def test_ctrl_c_while_hydra_starts_the_job_leaves_no_dir_without_a_result(tmp_path, launcher):
+    """A Ctrl-C after Hydra made the job's dir and wrote its .hydra/ files, before the job's task (here: in a
+    callback's on_job_start) once left that dir with no metrics.json, read as a failed job (CI, a Ctrl-C 2 s into
+    start-up): it is raised inside the task's clean-up, and the dir is removed; under the vectorized launcher, every
+    started job's dir is."""
+    (tmp_path / "ctrl_c_at_job_start.py").write_text(CTRL_C_AT_JOB_START)
+    env = os.environ | {"PYTHONPATH": str(tmp_path)}
+    launch = ["-m", "reg.lambd=0,3", f"hydra/launcher={launcher}"] if launcher else []
+    callback = "+hydra.callbacks.ctrl_c._target_=ctrl_c_at_job_start.CtrlC"
+    command = [sys.executable, str(ROOT / "train.py"), *launch, "trainer.epochs=3", callback]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    left = [p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    assert all(p.name == "multirun.yaml" for p in left), left
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, as expected

@@ -31,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_writ
 from hydra_plugins.regularization_launcher.compose import Base, Composed, HydraFiles, SweepComposer, substituted
 
 if TYPE_CHECKING:  # the harness is imported as a sweep needs it, not when Hydra scans its plugins
+    import torch
+
     from regularization.vectorized import Member
 
 log = logging.getLogger(__name__)
@@ -250,23 +252,50 @@ class VectorizedLauncher(Launcher):
         """
         import torch
 
-        from regularization.checkpoint import stop_after_epoch
         from regularization.config import resolve_device
-        from regularization.engine import set_deterministic
-        from regularization.parallel import check_compile_threads, group_devices, run_per_device
-        from regularization.progress import SweepPosition
-        from regularization.step import set_matmul_precision
-        from regularization.vectorized import stop_requested, train_group
+        from regularization.parallel import check_compile_threads, group_devices
 
         groups = self.plan(pending)
         devices = [resolve_device(d) for d in group_devices([g[0].task_cfg.device for g in groups], torch.cuda.device_count())]
         check_compile_threads(devices, [g[0].task_cfg.trainer.compile for g in groups])
         log.info("Launching %d jobs as %d vectorized group(s) of at most %d", len(pending), len(groups), max(map(len, groups), default=0))
-        for k, (group, device) in enumerate(zip(groups, devices, strict=True), start=1):
-            log.info("group %d of %d on %s:", k, len(groups), device)
-            for job in group:
-                log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
-                self.start_job(job)
+        started: list[Job] = []
+        try:
+            for k, (group, device) in enumerate(zip(groups, devices, strict=True), start=1):
+                log.info("group %d of %d on %s:", k, len(groups), device)
+                for job in group:
+                    log.info("\t#%d : %s", job.idx, " ".join(filter_overrides(job.overrides)))
+                    started.append(job)
+                    self.start_job(job)
+            return self.train_started(groups, devices)
+        except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
+            self.remove_untrained(started)
+            log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
+            raise SystemExit(130) from None
+        except SystemExit as done:  # a group's own Ctrl-C exit, after marking its members interrupted
+            if done.code == 130:
+                self.remove_untrained(started)
+            raise
+
+    @staticmethod
+    def remove_untrained(started: list[Job]) -> None:
+        """After Ctrl-C, the dirs of jobs whose group never began (only their .hydra/ files) are removed: a dir
+        without a result would read as a failed job in the summary. A rerun into the sweep dir makes them again."""
+        from regularization.engine import remove_if_untrained
+
+        log_file = f"{JobRuntime.instance().get('name')}.log"
+        for job in started:
+            remove_if_untrained(job.out_dir, log_file)
+
+    def train_started(self, groups: list[list[Job]], devices: list["torch.device"]) -> dict[int, float]:
+        """Train the groups, whose jobs have started (``start_job``), each on its device; returns each job's final value."""
+        from regularization.checkpoint import stop_after_epoch
+        from regularization.engine import set_deterministic
+        from regularization.parallel import run_per_device
+        from regularization.progress import SweepPosition
+        from regularization.step import set_matmul_precision
+        from regularization.vectorized import stop_requested, train_group
+
         values: dict[int, float] = {}
 
         def position(k: int) -> SweepPosition:
@@ -294,12 +323,8 @@ class VectorizedLauncher(Launcher):
             set_deterministic(mode[0])
             set_matmul_precision(mode[1])
             phase = [(devices[k], task(k)) for k, g in enumerate(groups) if modes(g) == mode]
-            try:
-                with stop_after_epoch(stop_requested):  # Ctrl-C: each group checkpoints the epoch in progress and stops
-                    run_per_device(phase, stop_requested)
-            except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
-                log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
-                raise SystemExit(130) from None
+            with stop_after_epoch(stop_requested):  # Ctrl-C: each group checkpoints the epoch in progress and stops
+                run_per_device(phase, stop_requested)
         return values
 
     @staticmethod
