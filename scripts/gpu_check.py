@@ -38,7 +38,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,25 +90,25 @@ class Sizes:
     timeout_s: float = 240.0  # one train.py run
 
 
+CPU_SIZES = Sizes(
+    real_data=False,
+    dropout_epochs=20,
+    determinism_epochs=2,
+    precision_seeds=3,
+    grid=8,
+    basic_sample=4,
+    bench_epoch=False,
+    timeout_s=120.0,
+)
 SIZES = {
     "gpu": Sizes(),
-    "cpu": Sizes(
-        real_data=False,
-        dropout_epochs=20,
-        determinism_epochs=2,
-        precision_seeds=3,
-        grid=8,
-        basic_sample=4,
-        bench_epoch=False,
-        timeout_s=120.0,
-    ),
-    "tiny": Sizes(
+    "cpu": CPU_SIZES,
+    "tiny": replace(  # the CPU run shrunk to the fewest runs that still exercise every check (the tests' size)
+        CPU_SIZES,
         launchers=("basic", "vectorized"),
         launcher_epochs=2,
         resume_epochs=200,
         resume_runs=("weight_decay_adam",),
-        real_data=False,
-        dropout_epochs=20,
         determinism_epochs=1,
         deterministic=(True,),
         compile_epochs=1,
@@ -117,7 +117,6 @@ SIZES = {
         grid=2,
         basic_sample=2,
         bench_lambdas=2,
-        bench_epoch=False,
         timeout_s=60.0,
     ),
 }
