@@ -276,9 +276,10 @@ def interrupt_unsafe(frame: FrameType | None) -> bool:
 
 
 def interrupt_when_safe(poll_s: float = 0.01) -> None:
-    """In a thread of its own: once the main thread is where a KeyboardInterrupt is safe (``interrupt_unsafe``), SIGINT again, for its
-    handler to raise there, unless the noted Ctrl-C was raised in the meantime (``raise_if_ctrl_c``). A signal, not
-    ``_thread.interrupt_main``: that one waits for a blocking call (a sleep, a lock) to return by itself."""
+    """In a thread of its own: once the main thread is where a KeyboardInterrupt is safe (``interrupt_unsafe``),
+    SIGINT again, for its handler to raise there, unless the noted Ctrl-C was raised in the meantime
+    (``raise_if_ctrl_c``). A signal, not ``_thread.interrupt_main``: that one waits for a blocking call (a sleep, a
+    lock) to return by itself."""
     main = threading.main_thread().ident
     assert main is not None  # the main thread has started
     while _INTERRUPT_PENDING.is_set() and interrupt_unsafe(sys._current_frames().get(main)):
