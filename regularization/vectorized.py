@@ -765,8 +765,8 @@ def fit_members(
         stopper = stoppers[k] if stoppers else None
         result |= run_result(history) | selection_result(history, cfgs[k], stopper, result["status"] == "completed")
         result["history"] = history
-        if first.trainer.compile:
-            result["compile_s"] = step.compile_s  # the group's, within its wall_s
+        if first.trainer.compile:  # the member's share of the group's, as wall_s is, and the group's own
+            result |= {"compile_s": step.compile_s / len(results), "group_compile_s": step.compile_s}
     return results
 
 
