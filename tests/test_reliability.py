@@ -424,6 +424,9 @@ def test_ctrl_c_while_hydra_starts_the_job_leaves_no_dir_without_a_result(tmp_pa
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
+    if launcher == "vectorized":  # a rerun of this command resumes the sweep: it names the sweep dir
+        sweep_dir = next((tmp_path / "outputs" / "multirun").iterdir())
+        assert shlex.split(done.stdout.split("to resume: ")[1].splitlines()[0])[-1] == f"hydra.sweep.dir={sweep_dir}"
     left = [p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
     assert all(p.name == "multirun.yaml" for p in left), left
 

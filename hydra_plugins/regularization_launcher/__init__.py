@@ -268,9 +268,12 @@ class VectorizedLauncher(Launcher):
                     started.append(job)
                     self.start_job(job)
             return self.train_started(groups, devices)
-        except KeyboardInterrupt:  # a group between epochs, or not started: a rerun into the sweep dir resumes it
+        except KeyboardInterrupt:  # before a group, or between groups: a rerun into the sweep dir trains the rest
+            from regularization.engine import resume_command
+
             self.remove_untrained(started)
-            log.warning("interrupted: the groups' checkpoints stand; a rerun into the same sweep dir resumes the unfinished groups")
+            log.warning("interrupted: a rerun into the same sweep dir skips the completed jobs and trains the others")
+            log.warning("to resume: %s", resume_command(self.config.hydra, multirun=True))
             raise SystemExit(130) from None
         except SystemExit as done:  # a group's own Ctrl-C exit, after marking its members interrupted
             if done.code == 130:
