@@ -616,7 +616,7 @@ class GroupState:
     stoppers: list[EarlyStopping] | None = None
     best_params: list[torch.Tensor] | None = None
 
-    def saved(self, epoch: int, net: StackedNet, wall_s: float) -> dict:
+    def saved(self, epoch: int, net: StackedNet, wall_s: float, compile_s: float) -> dict:
         """What a group checkpoint holds besides the global RNG states and the members (save_group_checkpoint adds those)."""
         opt = self.optimizer
         return {
@@ -630,6 +630,7 @@ class GroupState:
             "evaluations": [e.state_dict() for e in self.evaluations],
             "active": self.active,
             "wall_s": wall_s,
+            "compile_s": compile_s,  # trainer.compile's, over the runs so far, as wall_s
             "early_stopping": [s.state_dict() for s in self.stoppers] if self.stoppers else None,
             "best_params": self.best_params,
         }
@@ -717,6 +718,7 @@ def fit_members(
     done = 0
     if resume_from is not None:
         done = state.restore(resume_from, net)
+        step.compile_s = resume_from.get("compile_s", 0.0)  # the runs before this one compiled too (engine.fit's rule)
         log.info("resuming the group of %d jobs from %s after epoch %d", K, checkpoint, done)
         for result in results:
             if result["status"] == "completed":
@@ -755,7 +757,7 @@ def fit_members(
         if checkpoint is not None and (cadence.due(epoch) or stop or not bool(active.any())):  # or the last epoch any member trains
             for logger in loggers:  # events up to this epoch are on disk before its checkpoint is
                 logger.flush()
-            save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed()), members, device)
+            save_group_checkpoint(checkpoint, state.saved(epoch, net, elapsed(), step.compile_s), members, device)
             cadence.saved()
         if progress is not None:
             progress.epoch_done(epoch, detail)

@@ -145,3 +145,20 @@ def test_ctrl_c_then_rerun_continues_each_members_schedule_and_early_stopping_ex
     train_group(cfgs, dirs, CPU)
     for resumed, alone in zip(dirs, straight_dirs, strict=True):
         assert final_metrics(resumed) == final_metrics(alone)
+
+
+@pytest.mark.slow
+def test_a_resumed_compiled_group_counts_the_compile_time_of_the_runs_before(make_cfg) -> None:
+    """compile_s is over a group's runs, as wall_s is (engine.fit's rule for a job): a rerun to more epochs adds its
+    own compile time to what the checkpoint says the runs before it spent (set to 100 s here)."""
+    cfgs = [make_cfg("trainer.epochs=2", "trainer.compile=true", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    dirs = [Path(c.hydra.runtime.output_dir) for c in cfgs]
+    train_group(cfgs, dirs, CPU)
+    saved = torch.load(dirs[0] / GROUP_CHECKPOINT, weights_only=True)
+    assert saved["compile_s"] == final_metrics(dirs[0])["group_compile_s"] > 0
+    torch.save(saved | {"compile_s": 100.0}, dirs[0] / GROUP_CHECKPOINT)
+    longer = [make_cfg("trainer.epochs=3", "trainer.compile=true", f"reg.lambd={lambd}") for lambd in (0, 3)]
+    train_group(longer, dirs, CPU)
+    resumed = final_metrics(dirs[0])
+    assert resumed["epochs"] == 3 and resumed["group_compile_s"] >= 100.0
+    assert resumed["compile_s"] == pytest.approx(resumed["group_compile_s"] / 2)
