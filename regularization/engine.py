@@ -382,7 +382,8 @@ def result_or_no_dir(out_dir: Path) -> Iterator[None]:
         with job_guarded():  # a Ctrl-C while Hydra made the dir is raised in here (note_ctrl_c)
             yield
     except KeyboardInterrupt:
-        if not remove_if_untrained(out_dir, f"{HydraConfig.get().job.name}.log") and not (out_dir / "metrics.json").exists():
+        done = not out_dir.is_dir() or (out_dir / "metrics.json").exists()
+        if not done and not remove_if_untrained(out_dir, f"{HydraConfig.get().job.name}.log"):
             checkpoint = out_dir / CHECKPOINT
             epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
             write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})
