@@ -382,8 +382,8 @@ def result_or_no_dir(out_dir: Path) -> Iterator[None]:
         with job_guarded():  # a Ctrl-C while Hydra made the dir is raised in here (note_ctrl_c)
             yield
     except KeyboardInterrupt:
-        done = not out_dir.is_dir() or (out_dir / "metrics.json").exists()
-        if not done and not remove_if_untrained(out_dir, f"{HydraConfig.get().job.name}.log"):
+        has_result = not out_dir.is_dir() or (out_dir / "metrics.json").exists()  # or is gone: nothing to do
+        if not has_result and not remove_if_untrained(out_dir, f"{HydraConfig.get().job.name}.log"):
             checkpoint = out_dir / CHECKPOINT
             epochs = checkpoint_epoch(checkpoint) if checkpoint.exists() else 0
             write_json_atomic(out_dir / "metrics.json", {"status": "interrupted", "epochs": epochs})

@@ -569,7 +569,7 @@ def file_creation_ms(root: Path | None, jobs: int = 256) -> float:
 def row_k(b: Bench) -> dict:
     """Per-job overhead, whole process: (t(1024-λ sweep) − t(64-λ sweep)) / 960, in turns, vectorized. Each sweep runs
     into the disk's temp dir and, where there is one, into a RAM disk: a job creates 2 dirs and 6 files, and what
-    that costs is the disk's (on the dev machine's virtual disk, 0.1 to 6 ms a job from one hour to the next), so
+    that costs is the disk's (on the dev machine's virtual disk, 0.1 to 6 ms a job, changing by the minute), so
     the row reports that floor beside it (``file_creation_ms``, measured before each 1,024-λ sweep, medians)."""
     small, large = (16, 256) if b.quick else (64, 1024)
     places = {"disk": None, "ram": RAM_DISK} if RAM_DISK.is_dir() else {"disk": None}
